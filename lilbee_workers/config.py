@@ -1,0 +1,176 @@
+"""Configuration: one msgspec Struct per role, loadable from TOML, validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from lilbee_workers.errors import ConfigError
+from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
+
+ROLE_KINDS = ("embed", "chat", "rerank", "vision")
+"""The roles a supervisor can run, one worker each."""
+
+Pooling = Literal["auto", "mean", "cls", "last", "none", "rank"]
+
+
+class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """How one role's worker loads its model and how the supervisor watches it."""
+
+    model: str
+    """Path to the GGUF model, or ``"default"`` for the bundled gemma 3 270M."""
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    pooling: Pooling = "auto"
+    """embed: ``auto`` uses the model's own pooling, or mean pooling if it has none."""
+    chat_format: str | None = None
+    """chat/vision: a llama-cpp-python chat format name; unset uses the model's template."""
+    mmproj: str | None = None
+    """vision: path to the multimodal projector (CLIP/mmproj GGUF)."""
+    rerank_mode: Literal["rank", "generative"] = "rank"
+    """rerank: ``rank`` needs a model with a rank head; ``generative`` scores P(yes)."""
+    max_image_bytes: int = 16 * 1024 * 1024
+    request_timeout_s: float = 300.0
+    """Deadline of one call inside the worker; past it the worker is killed and restarted."""
+    start_timeout_s: float = 120.0
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0
+    cancel_grace_s: float = 5.0
+    queue_size: int = 64
+    max_restarts: int = 5
+    """Crashes allowed within ``restart_window_s`` before the role goes ``failed``."""
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 10.0
+    failed_cooldown_s: float = 60.0
+    """How long a failed role answers ``WorkerUnavailable`` before it tries again."""
+    debug_requests: bool = False
+    """Accept ``DebugRequest`` fault injection (tests only)."""
+
+    def validate(self, role: str) -> None:
+        """Raise ``ConfigError`` naming the first bad key."""
+        where = f"roles.{role}"
+        positive = {
+            "n_ctx": self.n_ctx,
+            "n_batch": self.n_batch,
+            "n_ubatch": self.n_ubatch,
+            "queue_size": self.queue_size,
+            "max_image_bytes": self.max_image_bytes,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{where}.{key} must be > 0, got {value}")
+        times = {
+            "request_timeout_s": self.request_timeout_s,
+            "start_timeout_s": self.start_timeout_s,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "heartbeat_timeout_s": self.heartbeat_timeout_s,
+            "restart_window_s": self.restart_window_s,
+        }
+        for key, seconds in times.items():
+            if not seconds > 0:
+                raise ConfigError(f"{where}.{key} must be > 0 seconds, got {seconds}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
+        if not self.model:
+            raise ConfigError(f"{where}.model must name a GGUF file")
+        if role == "vision" and not self.mmproj:
+            raise ConfigError(f"{where}.mmproj must name the multimodal projector GGUF")
+
+    def resolved_model(self) -> str:
+        """The model path, with ``default`` resolved to the bundled small model."""
+        if self.model == "default":
+            from lilbee_workers.models import default_model_path
+
+            return default_model_path()
+        return os.path.expanduser(self.model)
+
+
+class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The whole configuration: roles, logs, socket."""
+
+    roles: dict[str, RoleConfig]
+    log_dir: str = ""
+    """Where each role's worker log goes; empty: ``$XDG_STATE_HOME/lilbee-workers``."""
+    socket: str = ""
+    """Daemon socket path; empty: ``$XDG_RUNTIME_DIR/lilbee-workers.sock``."""
+    socket_mode: int = 0o600
+    socket_group: str = ""
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "info"
+    drain_timeout_s: float = 30.0
+
+    def validate(self) -> SupervisorConfig:
+        """Raise ``ConfigError`` naming the first bad key; return self."""
+        if not self.roles:
+            raise ConfigError("roles: configure at least one role")
+        for role, role_config in self.roles.items():
+            if role not in ROLE_KINDS:
+                raise ConfigError(
+                    f"roles.{role}: unknown role (choose from {', '.join(ROLE_KINDS)})"
+                )
+            role_config.validate(role)
+        if self.max_frame_bytes < 1024:
+            raise ConfigError(f"max_frame_bytes must be >= 1024, got {self.max_frame_bytes}")
+        return self
+
+    def resolved_log_dir(self) -> Path:
+        if self.log_dir:
+            return Path(os.path.expanduser(self.log_dir))
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        return Path(base) / "lilbee-workers"
+
+    def resolved_socket(self) -> Path:
+        return Path(os.path.expanduser(self.socket or default_socket_path()))
+
+
+def default_socket_path() -> str:
+    """``$LILBEE_WORKERS_SOCKET``, else ``$XDG_RUNTIME_DIR/lilbee-workers.sock``."""
+    explicit = os.environ.get("LILBEE_WORKERS_SOCKET")
+    if explicit:
+        return explicit
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lilbee-workers-{os.getuid()}"
+    return os.path.join(runtime, "lilbee-workers.sock")
+
+
+def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
+    """Read and validate a TOML config file; errors name the bad key."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfig:
+    """Decode and validate TOML text."""
+    try:
+        config = msgspec.toml.decode(data, type=SupervisorConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _readable(message: str) -> str:
+    # msgspec says "... - at `$.roles.embed.n_ctx`"; name the key as TOML spells it.
+    return message.replace("`$.", "`").replace("$.", "")
+
+
+def default_config(roles: tuple[str, ...] = ("embed", "chat")) -> SupervisorConfig:
+    """Roles on the bundled small model (gemma 3 270M), for demos and tests."""
+    role_configs = {
+        role: RoleConfig(model="default", n_ctx=2048, chat_format=None) for role in roles
+    }
+    return SupervisorConfig(roles=role_configs).validate()

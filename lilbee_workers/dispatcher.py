@@ -1,0 +1,461 @@
+"""One role's dispatcher: a bounded queue of calls and the thread that serves them on the
+role's worker, restarting the worker when it dies or hangs (gunicorn's arbiter, per role).
+
+Every lifecycle change of a role's worker happens on this one thread, so a worker is
+always started by a thread that lives as long as the supervisor: Linux's parent-death
+signal follows the thread that forked, not the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from lilbee_workers import recovery
+from lilbee_workers.calls import Call
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import (
+    ConfigError,
+    InvalidRequest,
+    Overloaded,
+    ProtocolError,
+    WorkerUnavailable,
+)
+from lilbee_workers.logfile import role_log_path
+from lilbee_workers.process import WorkerProcess
+from lilbee_workers.recovery import RestartPolicy, StartFailed
+from lilbee_workers.transport.frames import (
+    FINAL_REPLIES,
+    ChatChunk,
+    ErrorFrame,
+    Request,
+    RoleStatus,
+)
+
+log = structlog.get_logger("lilbee_workers.dispatcher")
+
+_request_ids = itertools.count(1)
+_TICK_S = 0.1  # how often a busy dispatcher re-checks cancel and deadlines
+
+
+@dataclass
+class _Restart:
+    config: RoleConfig | None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _WorkerExited:
+    worker: WorkerProcess
+
+
+class _Close:
+    pass
+
+
+_Control = _Restart | _WorkerExited | _Close
+
+
+class RoleDispatcher:
+    """Owns one role: its queue, its worker process, its recovery and its counters."""
+
+    def __init__(self, role: str, config: RoleConfig, log_dir: Path, max_frame_bytes: int):
+        self.role = role
+        self.config = config
+        self.log_path = role_log_path(log_dir, role)
+        self.max_frame_bytes = max_frame_bytes
+        self.policy = RestartPolicy(config)
+        self.state = "stopped"
+        self.worker: WorkerProcess | None = None
+        self.generation = 0
+        self.model_path = ""
+        self.failed_reason = ""
+        self.failed_log_tail = ""
+        self.last_exit = ""
+        self.restarts = 0
+        self.served = 0
+        self.errors = 0
+        self.latencies_ms: deque[float] = deque(maxlen=1024)
+        self.started = threading.Event()
+        self._calls: deque[Call] = deque()
+        self._controls: deque[_Control] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._current: Call | None = None
+        self._thread = threading.Thread(target=self._run, name=f"dispatch-{role}", daemon=True)
+
+    # ================================================================== caller side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: Request, block_s: float = 0.0) -> Call:
+        """Queue a call. A full queue answers ``Overloaded`` at once, or after waiting
+        up to ``block_s`` for room; a failed role answers ``WorkerUnavailable``."""
+        call = Call(self.role, request)
+        deadline = time.monotonic() + block_s
+        with self._cond:
+            while True:
+                if self._closing:
+                    raise WorkerUnavailable(f"{self.role} is shutting down", role=self.role)
+                if self.state == "failed" and self.policy.cooling_down():
+                    raise self._unavailable()
+                if len(self._calls) < self.config.queue_size:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Overloaded(
+                        f"{self.role} queue is full ({self.config.queue_size} calls waiting)",
+                        role=self.role,
+                    )
+                self._cond.wait(remaining)
+            self._calls.append(call)
+            self._cond.notify_all()
+        return call
+
+    def restart(self, config: RoleConfig | None = None) -> threading.Event:
+        """Graceful restart after the call in flight (optionally with a new config);
+        clears a failed state. The event is set once the role is ready or failed."""
+        control = _Restart(config)
+        self._post(control)
+        return control.done
+
+    def close(self) -> None:
+        """Refuse new calls, answer queued ones, stop the worker after the call in flight."""
+        with self._cond:
+            self._closing = True
+        self._post(_Close())
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            worker = self.worker
+            if worker is not None:
+                worker.kill("supervisor closing")
+            self._thread.join(10)
+        return not self._thread.is_alive()
+
+    def status(self) -> RoleStatus:
+        worker = self.worker
+        pong = worker.last_pong if worker is not None else None
+        ready = worker.ready if worker is not None else None
+        latencies = sorted(self.latencies_ms)
+        alive = worker is not None and self.state in ("ready", "busy")
+        return RoleStatus(
+            role=self.role,
+            state=self.state,
+            pid=worker.pid if alive and worker is not None else None,
+            model=self.model_path or self.config.model,
+            uptime_s=round(worker.uptime(), 3) if alive and worker is not None else 0.0,
+            restarts=self.restarts,
+            last_exit=self.failed_reason if self.state == "failed" else self.last_exit,
+            in_flight=1 if self._current is not None else 0,
+            queued=len(self._calls),
+            served=self.served,
+            errors=self.errors,
+            p50_ms=_percentile(latencies, 0.50),
+            p99_ms=_percentile(latencies, 0.99),
+            rss_bytes=pong.rss_bytes if pong is not None and alive else 0,
+            log_path=str(self.log_path),
+            chat_template=ready.chat_template if ready is not None else None,
+        )
+
+    def _post(self, control: _Control) -> None:
+        with self._cond:
+            self._controls.append(control)
+            self._cond.notify_all()
+
+    def _unavailable(self) -> WorkerUnavailable:
+        left = max(0.0, self.policy.failed_until - time.monotonic())
+        return WorkerUnavailable(
+            f"{self.role} is failed: {self.failed_reason} "
+            f"(next try in {left:.0f}s, or run `lilbee-workers restart {self.role}`)",
+            role=self.role,
+            log_path=str(self.log_path),
+            log_tail=self.failed_log_tail,
+        )
+
+    # ================================================================== dispatcher thread
+
+    def _run(self) -> None:
+        self._start_worker(after_crash=False)
+        self.started.set()
+        while True:
+            item = self._next_item()
+            if isinstance(item, _Close):
+                self._shut_down()
+                return
+            if isinstance(item, _Restart):
+                self._graceful_restart(item)
+            elif isinstance(item, _WorkerExited):
+                self._on_idle_exit(item.worker)
+            else:
+                self._serve(item)
+
+    def _next_item(self) -> _Control | Call:
+        with self._cond:
+            while True:
+                if self._controls:
+                    return self._controls.popleft()
+                if self._calls:
+                    call = self._calls.popleft()
+                    self._cond.notify_all()  # room in the queue
+                    return call
+                self._cond.wait()
+
+    def _serve(self, call: Call) -> None:
+        if call.cancel_requested.is_set():
+            call.fail(call.cancelled_error())
+            return
+        if not self._ensure_worker():
+            self.errors += 1
+            call.fail(self._unavailable())
+            return
+        self._current = call
+        started = time.monotonic()
+        try:
+            self._run_call(call)
+        finally:
+            self._current = None
+            self.latencies_ms.append((time.monotonic() - started) * 1000.0)
+
+    def _run_call(self, call: Call) -> None:
+        attempt = 0
+        while True:
+            worker = self.worker
+            assert worker is not None
+            failure = self._attempt(worker, call)
+            if failure is None:
+                return
+            self._retire(worker, failure)
+            if self._closing:
+                self.errors += 1
+                call.fail(WorkerUnavailable(f"{self.role} is shutting down", role=self.role))
+                return
+            if call.cancel_requested.is_set():  # the caller is gone: nothing to retry for
+                call.fail(call.cancelled_error())
+                self._start_worker(after_crash=True)
+                return
+            if not recovery.should_retry(attempt, call.chunks_delivered):
+                self.errors += 1
+                call.fail(
+                    recovery.crashed_error(
+                        self.role, attempt + 1, failure, call.chunks_delivered,
+                        str(self.log_path), worker.log_tail(),
+                    )
+                )
+                self._start_worker(after_crash=True)
+                return
+            attempt += 1
+            log.warning("retrying call on a fresh worker", role=self.role, reason=failure)
+            if not self._start_worker(after_crash=True):
+                self.errors += 1
+                call.fail(self._unavailable())
+                return
+
+    def _attempt(self, worker: WorkerProcess, call: Call) -> str | None:
+        """Run the call once on ``worker``. None when the call got its answer (or its
+        caller gave up); else why the worker failed under it."""
+        attempt_id = next(_request_ids)
+        request = msgspec.structs.replace(call.request, id=attempt_id)
+        try:
+            worker.data.send(request)
+        except ProtocolError as exc:
+            self.errors += 1
+            call.fail(InvalidRequest(f"request too large: {exc.message}", role=self.role))
+            return None
+        except (OSError, ValueError):
+            worker.join(2)
+            return worker.exit_description()
+        call.bind(worker.health, attempt_id)
+        self.state = "busy"
+        deadline = time.monotonic() + self.config.request_timeout_s
+        cancel_deadline: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if cancel_deadline is None and call.cancel_requested.is_set():
+                    cancel_deadline = now + self.config.cancel_grace_s
+                if cancel_deadline is not None and now >= cancel_deadline:
+                    worker.kill(f"ignored cancel for {self.config.cancel_grace_s:g}s")
+                    call.fail(call.cancelled_error())
+                    worker.join(5)
+                    self._retire(worker, worker.exit_description())
+                    self._start_worker(after_crash=False)
+                    return None
+                if now >= deadline:
+                    worker.kill(f"overran the {self.config.request_timeout_s:g}s request deadline")
+                    worker.join(5)
+                    return worker.exit_description()
+                ready = wait([worker.data.conn, worker.sentinel], timeout=min(deadline - now, _TICK_S))
+                if worker.data.conn in ready:
+                    try:
+                        frame = worker.data.recv()
+                    except (EOFError, OSError):
+                        worker.join(5)
+                        return worker.exit_description()
+                    except ProtocolError as exc:
+                        worker.kill(f"sent an undecodable frame ({exc.message})")
+                        worker.join(5)
+                        return worker.exit_description()
+                    if getattr(frame, "id", None) != attempt_id:
+                        log.debug("dropped stale frame", role=self.role, frame=type(frame).__name__)
+                        continue
+                    if isinstance(frame, ChatChunk):
+                        call.deliver_chunk(frame)
+                        continue
+                    if isinstance(frame, FINAL_REPLIES):
+                        if isinstance(frame, ErrorFrame):
+                            self.errors += 1
+                        else:
+                            self.served += 1
+                        call.finish(frame)
+                        return None
+                elif worker.sentinel in ready:
+                    worker.join(5)
+                    return worker.exit_description()
+        finally:
+            call.unbind()
+            if self.state == "busy":
+                self.state = "ready"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _ensure_worker(self) -> bool:
+        worker = self.worker
+        if worker is not None and worker.alive() and self.state in ("ready", "busy"):
+            return True
+        if self.state == "failed" and self.policy.cooling_down():
+            return False
+        return self._start_worker(after_crash=self.state != "failed")
+
+    def _start_worker(self, after_crash: bool) -> bool:
+        """Bring a fresh worker up (with backoff); False when the role is failed."""
+        if self._closing:
+            return False
+        if after_crash:
+            if self.policy.circuit_open():
+                self._fail(f"crashed {self.policy.recent_crashes()} times within "
+                           f"{self.config.restart_window_s:g}s; last: {self.last_exit}", "")
+                return False
+            self.state = "restarting"
+            self._sleep(self.policy.restart_delay())
+        else:
+            self.state = "starting"
+        try:
+            self.worker = self.policy.bring_up(self._spawn_once, sleep=self._sleep)
+        except StartFailed as exc:
+            self._fail(exc.message, exc.log_tail)
+            return False
+        except ConfigError as exc:
+            self._fail(str(exc), "")
+            return False
+        self.state = "ready"
+        self.failed_reason = ""
+        return True
+
+    def _spawn_once(self) -> WorkerProcess:
+        if self._closing:
+            raise StartFailed(f"{self.role} is shutting down", crashed=False)
+        self.model_path = self.config.resolved_model()
+        if not Path(self.model_path).is_file():
+            raise StartFailed(f"model file not found: {self.model_path}", crashed=False)
+        self.generation += 1
+        worker = WorkerProcess(
+            self.role,
+            self.config,
+            self.model_path,
+            self.log_path,
+            self.generation,
+            self.max_frame_bytes,
+            on_exit=lambda gone: self._post(_WorkerExited(gone)),
+        )
+        try:
+            worker.start()
+        except StartFailed as exc:
+            self.last_exit = exc.message
+            log.error("worker failed to start", role=self.role, reason=exc.message)
+            raise
+        return worker
+
+    def _retire(self, worker: WorkerProcess, reason: str) -> None:
+        """Account for a worker that died or was killed under a call."""
+        if not worker.alive():
+            worker.join(1)
+        worker.close_pipes()
+        self.restarts += 1
+        self.policy.record_crash()
+        self.last_exit = reason
+        self.state = "crashed"
+        log.warning("worker lost", role=self.role, reason=reason)
+
+    def _on_idle_exit(self, worker: WorkerProcess) -> None:
+        """A worker died between calls: restart it now, so no caller pays for it."""
+        if worker is not self.worker or self._closing or self.state not in ("ready", "busy"):
+            return
+        self._retire(worker, worker.exit_description())
+        self._start_worker(after_crash=True)
+
+    def _graceful_restart(self, control: _Restart) -> None:
+        if control.config is not None:
+            self.config = control.config
+            self.policy = RestartPolicy(control.config)
+        else:
+            self.policy.reset()
+        self.state = "draining"
+        if self.worker is not None:
+            self.worker.stop(self.config.cancel_grace_s)
+        self._start_worker(after_crash=False)
+        control.done.set()
+
+    def _fail(self, reason: str, log_tail: str) -> None:
+        self.state = "failed"
+        self.failed_reason = reason
+        self.failed_log_tail = log_tail
+        self.policy.open_circuit()
+        log.error("role failed", role=self.role, reason=reason)
+        with self._cond:
+            waiting = list(self._calls)
+            self._calls.clear()
+            self._cond.notify_all()
+        for call in waiting:
+            self.errors += 1
+            call.fail(self._unavailable())
+
+    def _shut_down(self) -> None:
+        with self._cond:
+            waiting = list(self._calls)
+            self._calls.clear()
+            controls = list(self._controls)
+            self._controls.clear()
+        for call in waiting:
+            call.fail(WorkerUnavailable(f"{self.role} is shutting down", role=self.role))
+        for control in controls:
+            if isinstance(control, _Restart):
+                control.done.set()
+        if self.worker is not None:
+            self.worker.stop(self.config.cancel_grace_s)
+        self.state = "stopped"
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake for close."""
+        if seconds <= 0:
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: self._closing, timeout=seconds)
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
+    return round(sorted_values[index], 3)

@@ -1,0 +1,124 @@
+"""The one small exception hierarchy callers see, and its mapping to ``ErrorFrame``."""
+
+from __future__ import annotations
+
+from lilbee_workers.transport.frames import ErrorFrame, ErrorKind
+
+
+class WorkerError(Exception):
+    """Base of every error lilbee-workers raises to a caller."""
+
+    kind: ErrorKind = "internal"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        role: str = "",
+        log_path: str = "",
+        log_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.role = role
+        self.log_path = log_path
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.log_path:
+            text += f" (worker log: {self.log_path})"
+        if self.log_tail:
+            text += "\n--- last lines of the worker log ---\n" + self.log_tail
+        return text
+
+    def to_frame(self, request_id: int) -> ErrorFrame:
+        """This error as a frame, to cross a pipe or socket."""
+        return ErrorFrame(
+            id=request_id,
+            kind=self.kind,
+            message=self.message,
+            role=self.role,
+            retryable=self.retryable,
+            log_path=self.log_path,
+            log_tail=self.log_tail,
+        )
+
+
+class WorkerCrashed(WorkerError):
+    """The worker died (or hung and was killed) and the call could not be completed."""
+
+    kind: ErrorKind = "crashed"
+
+
+class WorkerTimeout(WorkerError):
+    """The call did not finish within the caller's timeout; it was cancelled."""
+
+    kind: ErrorKind = "timeout"
+    retryable = True
+
+
+class WorkerUnavailable(WorkerError):
+    """The role is failed (crash loop, model would not load), stopped or closing."""
+
+    kind: ErrorKind = "unavailable"
+    retryable = True
+
+
+class Overloaded(WorkerError):
+    """The role's queue is full."""
+
+    kind: ErrorKind = "overloaded"
+    retryable = True
+
+
+class InvalidRequest(WorkerError):
+    """The request is malformed or cannot be served as asked (bad types, too long...)."""
+
+    kind: ErrorKind = "invalid_request"
+
+
+class ModelError(WorkerError):
+    """The model could not load, or llama.cpp refused the request."""
+
+    kind: ErrorKind = "model"
+
+
+class ProtocolError(WorkerError):
+    """A frame could not be decoded: garbage, unknown tag, wrong type, over the cap."""
+
+    kind: ErrorKind = "protocol"
+
+
+class Cancelled(WorkerError):
+    """The call was cancelled by its caller."""
+
+    kind: ErrorKind = "cancelled"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the bad key."""
+
+
+_BY_KIND: dict[str, type[WorkerError]] = {
+    cls.kind: cls
+    for cls in (
+        WorkerCrashed,
+        WorkerTimeout,
+        WorkerUnavailable,
+        Overloaded,
+        InvalidRequest,
+        ModelError,
+        ProtocolError,
+        Cancelled,
+    )
+}
+
+
+def error_from_frame(frame: ErrorFrame) -> WorkerError:
+    """The exception an ``ErrorFrame`` stands for."""
+    cls = _BY_KIND.get(frame.kind, WorkerError)
+    return cls(
+        frame.message, role=frame.role, log_path=frame.log_path, log_tail=frame.log_tail
+    )

@@ -1,0 +1,276 @@
+"""One worker process, one generation: spawn, wait for READY, watch its health, stop it.
+
+The health monitor thread pings the worker's heartbeat thread; a missed deadline means
+the process is stopped or wedged, so the monitor kills it and records why. Death itself
+is seen at once through the process sentinel by whoever waits on it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import ProtocolError
+from lilbee_workers.logfile import rotate_if_large, tail_lines
+from lilbee_workers.recovery import StartFailed
+from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.frames import (
+    LoadFailed,
+    LogRecord,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+    ShutdownAck,
+)
+from lilbee_workers.worker import worker_main
+
+_spawn = multiprocessing.get_context("spawn")
+log = structlog.get_logger("lilbee_workers.process")
+
+
+class WorkerProcess:
+    """A handle on one running worker and its two pipes."""
+
+    def __init__(
+        self,
+        role: str,
+        config: RoleConfig,
+        model_path: str,
+        log_path: Path,
+        generation: int,
+        max_frame_bytes: int,
+        on_exit: Callable[[WorkerProcess], None] = lambda worker: None,
+    ) -> None:
+        self.role = role
+        self.config = config
+        self.model_path = model_path
+        self.log_path = log_path
+        self.generation = generation
+        self.max_frame_bytes = max_frame_bytes
+        self.on_exit = on_exit
+        self.ready: Ready | None = None
+        self.last_pong: Pong | None = None
+        self.kill_reason: str | None = None
+        self.started_at = time.monotonic()
+        self._ack = threading.Event()
+        self._stopping = False
+        self._process: Any = None
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> Ready:
+        """Spawn the worker and wait for READY; ``StartFailed`` if it never comes."""
+        rotate_if_large(self.log_path)
+        parent_data, child_data = _spawn.Pipe()
+        parent_health, child_health = _spawn.Pipe()
+        self._process = _spawn.Process(
+            target=worker_main,
+            name=f"lilbee-workers-{self.role}",
+            args=(
+                self.role,
+                msgspec.msgpack.encode(self.config),
+                self.model_path,
+                str(self.log_path),
+                child_data,
+                child_health,
+                os.getpid(),
+                self.generation,
+                self.max_frame_bytes,
+            ),
+            daemon=True,
+        )
+        self._process.start()
+        child_data.close()
+        child_health.close()
+        self.data = PipeChannel(parent_data, self.max_frame_bytes)
+        self.health = PipeChannel(parent_health, self.max_frame_bytes)
+        self.started_at = time.monotonic()
+        log.info("worker spawned", role=self.role, pid=self.pid, generation=self.generation)
+        threading.Thread(
+            target=self._monitor, name=f"health-{self.role}-{self.pid}", daemon=True
+        ).start()
+        self.ready = self._await_ready()
+        return self.ready
+
+    def _await_ready(self) -> Ready:
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill(f"did not load within {self.config.start_timeout_s}s")
+                self.join(5)
+                raise StartFailed(self.exit_description(), crashed=True, log_tail=self.log_tail())
+            ready = wait([self.data.conn, self.sentinel], timeout=remaining)
+            if self.data.conn in ready:
+                try:
+                    frame = self.data.recv()
+                except (EOFError, OSError, ProtocolError):
+                    continue  # the sentinel tells what happened
+                if isinstance(frame, Ready):
+                    return frame
+                if isinstance(frame, LoadFailed):
+                    self.join(5)
+                    self.kill("load failed")
+                    raise StartFailed(frame.message, crashed=False)
+            elif self.sentinel in ready:
+                self.join(5)
+                raise StartFailed(
+                    f"worker died while loading the model: {self.exit_description()}",
+                    crashed=True,
+                    log_tail=self.log_tail(),
+                )
+
+    # ------------------------------------------------------------------ health
+
+    def _monitor(self) -> None:
+        interval = self.config.heartbeat_interval_s
+        timeout = self.config.heartbeat_timeout_s
+        seq = 0
+        awaiting_since: float | None = None
+        next_ping = time.monotonic() + interval
+        watched: list[Any] = [self.health.conn, self.sentinel]
+        while True:
+            now = time.monotonic()
+            until = (awaiting_since + timeout) if awaiting_since is not None else next_ping
+            ready = wait(watched, timeout=min(max(0.0, until - now), interval))
+            now = time.monotonic()
+            if self.health.conn in ready:
+                try:
+                    frame = self.health.recv()
+                except (EOFError, OSError):
+                    watched = [self.sentinel]
+                    continue
+                except ProtocolError as exc:
+                    log.warning("bad health frame", role=self.role, error=exc.message)
+                    continue
+                if isinstance(frame, Pong):
+                    if frame.seq == seq:
+                        awaiting_since = None
+                        next_ping = now + interval
+                    self.last_pong = frame
+                elif isinstance(frame, LogRecord):
+                    log.log(frame.level, frame.message, role=self.role, pid=self.pid,
+                            source=frame.logger)
+                elif isinstance(frame, ShutdownAck):
+                    self._ack.set()
+                continue
+            if self.sentinel in ready:
+                break
+            if self._stopping:
+                continue
+            if awaiting_since is not None and now - awaiting_since >= timeout:
+                self.kill(f"hung: no heartbeat reply within {timeout:g}s")
+                awaiting_since = None
+                next_ping = float("inf")
+            elif awaiting_since is None and now >= next_ping:
+                seq += 1
+                try:
+                    self.health.send(Ping(seq=seq))
+                except (OSError, ValueError):
+                    watched = [self.sentinel]
+                    continue
+                awaiting_since = now
+        self.wait_exit(5)
+        log.info("worker exited", role=self.role, pid=self.pid, reason=self.exit_description())
+        self.on_exit(self)
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def pid(self) -> int:
+        return int(self._process.pid)
+
+    @property
+    def sentinel(self) -> int:
+        return int(self._process.sentinel)
+
+    @property
+    def exitcode(self) -> int | None:
+        code = self._process.exitcode
+        return None if code is None else int(code)
+
+    def alive(self) -> bool:
+        return bool(self._process is not None and self._process.is_alive())
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def log_tail(self, lines: int = 20) -> str:
+        return tail_lines(self.log_path, lines)
+
+    def exit_description(self) -> str:
+        """Why the worker is gone, in words: the kill reason, signal or exit code."""
+        code = self.exitcode
+        if code is None:
+            how = "still running"
+        elif code < 0:
+            try:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        elif code == 0:
+            how = "exited with code 0"
+        else:
+            how = f"exited with code {code}"
+        who = f"{self.role} worker pid {self.pid}"
+        if self.kill_reason:
+            return f"{who} {self.kill_reason}; {how}"
+        return f"{who} {how}"
+
+    # ------------------------------------------------------------------ stop
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the worker (first reason wins)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        if self._process is not None and self._process.pid is not None:
+            try:
+                os.kill(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def join(self, timeout: float) -> None:
+        self._process.join(timeout)
+
+    def wait_exit(self, timeout: float) -> None:
+        """Join until the exit code is known (another thread may be reaping it too)."""
+        deadline = time.monotonic() + timeout
+        while self.exitcode is None and time.monotonic() < deadline:
+            self._process.join(0.05)
+
+    def stop(self, grace_s: float) -> None:
+        """Graceful stop: SHUTDOWN on the health pipe, close the data pipe, wait, kill."""
+        if self._process is None:
+            return
+        self._stopping = True
+        if self.alive():
+            try:
+                self.health.send(Shutdown())
+                self._ack.wait(min(grace_s, 2.0))
+            except (OSError, ValueError):
+                pass
+        self.data.close()
+        self.join(grace_s)
+        if self.alive():
+            self.kill(f"did not stop within {grace_s:g}s")
+            self.join(5)
+        self.health.close()
+
+    def close_pipes(self) -> None:
+        for channel in (self.data, self.health):
+            try:
+                channel.close()
+            except OSError:
+                pass

@@ -1,0 +1,156 @@
+"""The chat role: messages -> streamed text chunks, then the whole reply with token counts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
+from lilbee_workers.roles.base import (
+    LoadedModel,
+    RequestContext,
+    Role,
+    check_sampling,
+    check_seed,
+    open_llama,
+)
+from lilbee_workers.transport.frames import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    Frame,
+    Request,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class GenerationMeter:
+    """Wraps a ``Llama`` instance's ``generate`` to count prompt and completion tokens
+    exactly and to stop at the next token once ``cancel`` is set.
+
+    llama-cpp-python's chat handlers drop ``stopping_criteria`` and run logits
+    processors inside a C callback (where an exception cannot stop anything), so the
+    token loop itself is the one reliable place to meter and to cancel.
+    """
+
+    def __init__(self, llm: Llama, cancel: threading.Event) -> None:
+        import llama_cpp
+
+        self._generate = llm.generate
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self.cancel = cancel
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        llm.generate = self  # type: ignore[method-assign]
+
+    def __call__(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        self.prompt_tokens = len(tokens)
+        self.completion_tokens = 0
+        for token in self._generate(tokens, *args, **kwargs):
+            if self.cancel.is_set():
+                raise Cancelled("cancelled")
+            if not self._is_eog(self._vocab, token):
+                self.completion_tokens += 1
+            yield token
+
+
+def fallback_chat_format(architecture: str) -> str:
+    """The llama-cpp-python chat format used when a model carries no chat template."""
+    return "gemma" if architecture.startswith("gemma") else "chatml"
+
+
+def choose_chat_template(llm: Llama, configured: str | None) -> str:
+    """Set the chat format on ``llm`` and say which one is used:
+    ``config:NAME``, ``model`` (the GGUF's own template) or ``fallback:NAME``."""
+    if configured:
+        llm.chat_format = configured
+        return f"config:{configured}"
+    if "tokenizer.chat_template" in llm.metadata:
+        return "model"
+    name = fallback_chat_format(llm.metadata.get("general.architecture", ""))
+    llm.chat_format = name
+    return f"fallback:{name}"
+
+
+def stream_completion(
+    llm: Llama,
+    meter: GenerationMeter,
+    ctx: RequestContext,
+    stream: Iterator[Any],
+) -> ChatResult:
+    """Forward a llama-cpp-python chat stream as ``ChatChunk`` frames; end with the result."""
+    pieces: list[str] = []
+    finish_reason = "length"
+    try:
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            text = choice["delta"].get("content")
+            if text:
+                ctx.emit(ChatChunk(id=ctx.request_id, index=len(pieces), text=text))
+                pieces.append(text)
+            if choice.get("finish_reason"):
+                finish_reason = choice["finish_reason"]
+    except Cancelled:
+        finish_reason = "cancelled"
+    except ValueError as exc:
+        if "exceed context window" in str(exc):
+            raise InvalidRequest(f"prompt is too long: {exc}") from None
+        raise ModelError(f"llama.cpp refused the request: {exc}") from None
+    return ChatResult(
+        id=ctx.request_id,
+        text="".join(pieces),
+        finish_reason=finish_reason,
+        prompt_tokens=meter.prompt_tokens,
+        completion_tokens=meter.completion_tokens,
+        chunks=len(pieces),
+    )
+
+
+def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    if not messages:
+        raise InvalidRequest("messages must not be empty")
+    for index, message in enumerate(messages):
+        if message.role not in CHAT_ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {', '.join(CHAT_ROLES)}, "
+                f"got {message.role!r}"
+            )
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+class ChatRole(Role):
+    kind = "chat"
+    accepts = (ChatRequest,)
+    llm: Llama
+    meter: GenerationMeter
+
+    def load(self) -> LoadedModel:
+        self.llm = open_llama(self.config, self.model_path, self.log_path)
+        template = choose_chat_template(self.llm, self.config.chat_format)
+        self.cancel = threading.Event()
+        self.meter = GenerationMeter(self.llm, self.cancel)
+        return LoadedModel(n_ctx=self.llm.n_ctx(), chat_template=template)
+
+    def handle(self, request: Request, ctx: RequestContext) -> Frame:
+        assert isinstance(request, ChatRequest)
+        messages = check_messages(request.messages)
+        check_sampling(request.max_tokens, request.temperature, request.top_p)
+        check_seed(request.seed)
+        self.meter.cancel = ctx.cancel
+        stream = self.llm.create_chat_completion(
+            messages=messages,  # type: ignore[arg-type]
+            stream=True,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=list(request.stop),
+            seed=request.seed,
+        )
+        return stream_completion(self.llm, self.meter, ctx, iter(stream))  # type: ignore[arg-type]

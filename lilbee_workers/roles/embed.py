@@ -1,0 +1,81 @@
+"""The embed role: texts -> pooled embedding vectors, batched through llama.cpp."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lilbee_workers.errors import InvalidRequest, ModelError
+from lilbee_workers.roles.base import LoadedModel, RequestContext, Role, model_metadata, open_llama
+from lilbee_workers.transport.frames import EmbedRequest, EmbedResult, Frame, Request
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+_POOLING_BY_NAME = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+
+
+def resolve_pooling(setting: str, model_path: str) -> int:
+    """llama.cpp pooling type: the configured one, or (``auto``) the model's own,
+    falling back to mean pooling for models that declare none (gemma, most LLMs)."""
+    if setting != "auto":
+        return _POOLING_BY_NAME[setting]
+    arch = model_metadata(model_path, "general.architecture")
+    declared = model_metadata(model_path, f"{arch}.pooling_type") if arch else None
+    if declared is not None and declared.isdigit() and int(declared) in (1, 2, 3):
+        return int(declared)
+    return _POOLING_BY_NAME["mean"]
+
+
+class EmbedRole(Role):
+    kind = "embed"
+    accepts = (EmbedRequest,)
+    llm: Llama
+
+    def load(self) -> LoadedModel:
+        pooling = resolve_pooling(self.config.pooling, self.model_path)
+        # One sequence must fit one micro-batch for pooled embeddings, so the batch
+        # sizes follow the context size: a text may use the whole context.
+        self.llm = open_llama(
+            self.config,
+            self.model_path,
+            self.log_path,
+            embedding=True,
+            pooling_type=pooling,
+            n_batch=self.config.n_ctx,
+            n_ubatch=self.config.n_ctx,
+        )
+        if self.llm.pooling_type() == 0:
+            raise ModelError("this model gives per-token embeddings only; set pooling")
+        return LoadedModel(n_ctx=self.llm.n_ctx(), n_embd=self.llm.n_embd())
+
+    def handle(self, request: Request, ctx: RequestContext) -> Frame:
+        assert isinstance(request, EmbedRequest)
+        dim = self.llm.n_embd()
+        if not request.texts:
+            return EmbedResult(id=request.id, dim=dim, count=0, vectors=b"")
+        limit = self.llm.n_ctx()
+        for index, text in enumerate(request.texts):
+            n_tokens = len(self.llm.tokenize(text.encode("utf-8")))
+            if n_tokens == 0:
+                raise InvalidRequest(f"text {index} is empty")
+            if n_tokens > limit and not request.truncate:
+                raise InvalidRequest(
+                    f"text {index} is {n_tokens} tokens, over the context of {limit} "
+                    "(ask for truncate=True to cut it)"
+                )
+        ctx.raise_if_cancelled()
+        vectors, n_tokens = self.llm.embed(
+            request.texts, normalize=request.normalize, truncate=True, return_count=True
+        )
+        array = np.asarray(vectors, dtype="<f4").reshape(len(request.texts), dim)
+        if not np.isfinite(array).all():
+            raise ModelError("llama.cpp returned non-finite embedding values")
+        return EmbedResult(
+            id=request.id,
+            dim=dim,
+            count=len(request.texts),
+            vectors=array.tobytes(),
+            prompt_tokens=n_tokens,
+        )

@@ -1,0 +1,151 @@
+"""The in-process supervisor: one dispatcher (and one worker process) per role."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from lilbee_workers.api import CallHandle, WorkerAPI
+from lilbee_workers.config import SupervisorConfig, default_config, load_config
+from lilbee_workers.dispatcher import RoleDispatcher
+from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
+from lilbee_workers.transport.frames import Request, RoleStatus
+
+log = structlog.get_logger("lilbee_workers.supervisor")
+
+
+class Supervisor(WorkerAPI):
+    """Runs one worker subprocess per configured role and serves calls to them.
+
+    >>> with Supervisor("workers.toml") as sup:
+    ...     vectors = sup.embed(["hello", "world"])
+    ...     for chunk in sup.chat("Say hi"):
+    ...         print(chunk, end="")
+
+    ``queue_wait_s``: how long a call waits for room in a full role queue before
+    ``Overloaded`` (0: answer at once).
+    """
+
+    def __init__(
+        self,
+        config: SupervisorConfig | str | os.PathLike[str] | None = None,
+        *,
+        queue_wait_s: float = 0.0,
+    ) -> None:
+        if config is None:
+            config = default_config()
+        elif not isinstance(config, SupervisorConfig):
+            config = load_config(config)
+        self.config = config.validate()
+        self.queue_wait_s = queue_wait_s
+        self.log_dir = self.config.resolved_log_dir()
+        self._dispatchers: dict[str, RoleDispatcher] = {}
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, wait: bool = True) -> Supervisor:
+        """Start every role's worker; with ``wait``, return once each is ready or failed."""
+        if self._started:
+            return self
+        self._started = True
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for role, role_config in self.config.roles.items():
+            dispatcher = RoleDispatcher(role, role_config, self.log_dir, self.config.max_frame_bytes)
+            self._dispatchers[role] = dispatcher
+            dispatcher.start()
+        if wait:
+            self.wait_started()
+        log.info("supervisor started", roles={r: d.state for r, d in self._dispatchers.items()})
+        return self
+
+    def wait_started(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for dispatcher in self._dispatchers.values():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            dispatcher.started.wait(remaining)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Answer queued calls, let calls in flight finish (up to ``timeout``, default
+        the config's ``drain_timeout_s``), stop every worker."""
+        if self._closed:
+            return
+        self._closed = True
+        drain = self.config.drain_timeout_s if timeout is None else timeout
+        for dispatcher in self._dispatchers.values():
+            dispatcher.close()
+        deadline = time.monotonic() + drain
+        for dispatcher in self._dispatchers.values():
+            dispatcher.join(max(0.0, deadline - time.monotonic()))
+        log.info("supervisor closed")
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ API
+
+    def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
+        return self.dispatcher(role).submit(request, block_s=self.queue_wait_s)
+
+    def dispatcher(self, role: str) -> RoleDispatcher:
+        """The dispatcher of a configured role."""
+        if self._closed:
+            raise WorkerUnavailable("the supervisor is closed", role=role)
+        if not self._started:
+            self.start()
+        try:
+            return self._dispatchers[role]
+        except KeyError:
+            raise WorkerUnavailable(
+                f"role {role!r} is not configured (configured: {', '.join(self._dispatchers)})",
+                role=role,
+            ) from None
+
+    def status(self) -> list[RoleStatus]:
+        return [dispatcher.status() for dispatcher in self._dispatchers.values()]
+
+    def restart(self, role: str = "all", wait: bool = True) -> list[RoleStatus]:
+        roles = list(self._dispatchers) if role == "all" else [role]
+        for name in roles:
+            if name not in self._dispatchers:
+                raise InvalidRequest(f"no role {name!r} to restart")
+        done = [self._dispatchers[name].restart() for name in roles]
+        if wait:
+            for event in done:
+                event.wait()
+        return [self._dispatchers[name].status() for name in roles]
+
+    def reload(self, config: SupervisorConfig) -> list[str]:
+        """Apply a new config: restart (draining first) only the roles whose settings
+        changed. Adding or removing roles needs a full restart. Returns the roles
+        restarted."""
+        config.validate()
+        if set(config.roles) != set(self.config.roles):
+            raise InvalidRequest("reload cannot add or remove roles; restart the daemon")
+        changed = [
+            role for role, new in config.roles.items() if new != self.config.roles[role]
+        ]
+        events = [self._dispatchers[role].restart(config.roles[role]) for role in changed]
+        self.config = config
+        for event in events:
+            event.wait()
+        return changed
+
+    def worker_pid(self, role: str) -> int | None:
+        """The pid of a role's current worker (None when it has none)."""
+        worker = self.dispatcher(role).worker
+        return worker.pid if worker is not None and worker.alive() else None
+
+    @property
+    def log_paths(self) -> dict[str, Path]:
+        return {role: d.log_path for role, d in self._dispatchers.items()}

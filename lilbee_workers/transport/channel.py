@@ -1,0 +1,107 @@
+"""Frame channels: a ``multiprocessing`` pipe end, and a length-prefixed stream socket.
+
+Both move the same frames through the same codec; only the framing differs. Sends are
+serialised by a lock so several threads may share one channel end.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from multiprocessing.connection import Connection
+
+from lilbee_workers.errors import ProtocolError
+from lilbee_workers.transport import codec
+from lilbee_workers.transport.frames import AnyFrame, Frame
+
+_LENGTH = struct.Struct("!I")
+
+
+class PipeChannel:
+    """One end of a ``multiprocessing.Pipe``, speaking frames with ``send_bytes``."""
+
+    def __init__(self, conn: Connection, max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES):
+        self.conn = conn
+        self.max_frame_bytes = max_frame_bytes
+        self._send_lock = threading.Lock()
+
+    def send(self, frame: Frame) -> None:
+        """Encode and send one frame (raises ``ProtocolError`` if it is over the cap)."""
+        data = codec.encode(frame, self.max_frame_bytes)
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are; for tests that inject malformed frames."""
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+    def recv_raw(self) -> bytes:
+        """One frame's bytes; ``EOFError`` when the peer is gone."""
+        return self.conn.recv_bytes()
+
+    def recv(self) -> AnyFrame:
+        """One decoded frame; ``ProtocolError`` for a bad one, ``EOFError`` at the end."""
+        return codec.decode(self.recv_raw(), self.max_frame_bytes)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return self.conn.poll(timeout)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SocketChannel:
+    """A stream socket speaking frames behind a 4-byte big-endian length prefix.
+
+    A length over the cap is refused before any of the body is read.
+    """
+
+    def __init__(
+        self, sock: socket.socket, max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
+        self.sock = sock
+        self.max_frame_bytes = max_frame_bytes
+        self._send_lock = threading.Lock()
+
+    def send(self, frame: Frame) -> None:
+        data = codec.encode(frame, self.max_frame_bytes)
+        with self._send_lock:
+            self.sock.sendall(_LENGTH.pack(len(data)) + data)
+
+    def recv(self) -> AnyFrame:
+        """One decoded frame; ``EOFError`` when the peer closed between frames."""
+        header = self._recv_exactly(_LENGTH.size, at_boundary=True)
+        (length,) = _LENGTH.unpack(header)
+        if length > self.max_frame_bytes:
+            raise ProtocolError(
+                f"frame length {length} is over the {self.max_frame_bytes}-byte cap"
+            )
+        return codec.decode(self._recv_exactly(length, at_boundary=False), self.max_frame_bytes)
+
+    def _recv_exactly(self, size: int, *, at_boundary: bool) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            part = self.sock.recv(min(size - len(buf), 1 << 20))
+            if not part:
+                if at_boundary and not buf:
+                    raise EOFError("peer closed the connection")
+                raise ProtocolError("connection closed in the middle of a frame")
+            buf += part
+        return bytes(buf)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def encode_prefixed(frame: Frame, max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES) -> bytes:
+    """A frame with its length prefix, for asyncio writers."""
+    data = codec.encode(frame, max_frame_bytes)
+    return _LENGTH.pack(len(data)) + data
+
+
+LENGTH_PREFIX = _LENGTH

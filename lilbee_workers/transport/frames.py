@@ -1,0 +1,329 @@
+"""Every frame that crosses a wire, as tagged msgspec Structs.
+
+Three wires carry these frames:
+
+* the **data pipe** (supervisor <-> worker): requests, streamed chunks, results, errors;
+* the **health pipe** (supervisor <-> worker heartbeat thread): ping/pong, cancel,
+  shutdown, and the worker's log records;
+* the **daemon socket** (client <-> daemon): the same requests and replies, plus
+  status and restart.
+
+Each frame names itself with a short tag (the ``k`` field), so one decoder takes the
+union of all of them. Request ids (``id``) are echoed by every reply so a stale frame
+from an earlier attempt is never taken for the answer to a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+
+class Frame(msgspec.Struct, tag_field="k", omit_defaults=True, forbid_unknown_fields=True):
+    """Base of every frame."""
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """One chat message (OpenAI-style role/content)."""
+
+    role: str
+    content: str
+
+
+class EmbedRequest(Frame, tag="embed"):
+    """Texts to embed; vectors come back as float32 bytes."""
+
+    id: int
+    texts: list[str]
+    normalize: bool = True
+    truncate: bool = False
+
+
+class ChatRequest(Frame, tag="chat"):
+    """Messages to complete; the reply streams as ``ChatChunk`` then ``ChatResult``."""
+
+    id: int
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: list[str] = []
+    seed: int | None = None
+
+
+class RerankRequest(Frame, tag="rerank"):
+    """A query and documents to score against it."""
+
+    id: int
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+    return_documents: bool = False
+    truncate: bool = False
+
+
+class VisionRequest(Frame, tag="vision"):
+    """An image (PNG or JPEG bytes) and a prompt; the reply streams like chat."""
+
+    id: int
+    image: bytes
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+class NoopRequest(Frame, tag="noop"):
+    """Does nothing in the worker; measures the round trip of the data path."""
+
+    id: int
+
+
+DebugAction = Literal["sleep", "abort", "exit", "exit0", "spin"]
+
+
+class DebugRequest(Frame, tag="debug"):
+    """Fault injection for tests; refused unless the role sets ``debug_requests``."""
+
+    id: int
+    action: DebugAction
+    seconds: float = 0.0
+    # Only misbehave while the worker's generation is below this number (0: always).
+    # Lets a test say "crash on the first attempt only" without sharing state.
+    below_generation: int = 0
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class Ready(Frame, tag="ready"):
+    """The worker loaded its model and serves the data pipe."""
+
+    role: str
+    pid: int
+    model: str
+    n_ctx: int
+    n_embd: int = 0
+    chat_template: str | None = None
+    load_seconds: float = 0.0
+
+
+class LoadFailed(Frame, tag="load_failed"):
+    """The worker could not load its model; it exits after sending this."""
+
+    role: str
+    pid: int
+    kind: str
+    message: str
+
+
+class EmbedResult(Frame, tag="embed_result"):
+    """Embedding vectors: ``count`` rows of ``dim`` little-endian float32 values."""
+
+    id: int
+    dim: int
+    count: int
+    vectors: bytes
+    prompt_tokens: int = 0
+
+
+class ChatChunk(Frame, tag="chunk"):
+    """One piece of streamed text."""
+
+    id: int
+    index: int
+    text: str
+
+
+class ChatResult(Frame, tag="chat_result"):
+    """End of a chat or vision stream: the whole text and the token counts."""
+
+    id: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    chunks: int = 0
+
+
+class RerankItem(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """One scored document."""
+
+    index: int
+    score: float
+    document: str | None = None
+
+
+class RerankResult(Frame, tag="rerank_result"):
+    """Documents ordered by score, highest first."""
+
+    id: int
+    results: list[RerankItem]
+
+
+class NoopResult(Frame, tag="noop_result"):
+    """Reply to ``NoopRequest``."""
+
+    id: int
+
+
+ErrorKind = Literal[
+    "invalid_request",
+    "model",
+    "protocol",
+    "crashed",
+    "timeout",
+    "unavailable",
+    "overloaded",
+    "cancelled",
+    "internal",
+]
+
+
+class ErrorFrame(Frame, tag="error"):
+    """A typed error; becomes a ``WorkerError`` subclass on the caller's side."""
+
+    id: int
+    kind: ErrorKind
+    message: str
+    role: str = ""
+    retryable: bool = False
+    log_path: str = ""
+    log_tail: str = ""
+
+
+# --------------------------------------------------------------------------- health
+
+
+class Ping(Frame, tag="ping"):
+    """Supervisor -> heartbeat thread."""
+
+    seq: int
+
+
+class Pong(Frame, tag="pong"):
+    """Heartbeat thread -> supervisor, with cheap stats."""
+
+    seq: int
+    in_flight: int = 0
+    rss_bytes: int = 0
+    served: int = 0
+
+
+class Cancel(Frame, tag="cancel"):
+    """Stop request ``id`` at the next token; the worker stays warm."""
+
+    id: int
+
+
+class Shutdown(Frame, tag="shutdown"):
+    """Finish and exit."""
+
+
+class ShutdownAck(Frame, tag="shutdown_ack"):
+    """The worker will exit once its data pipe closes."""
+
+
+class LogRecord(Frame, tag="log"):
+    """A Python log record from the worker, forwarded to the supervisor's log stream."""
+
+    level: int
+    logger: str
+    message: str
+    created: float
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+class StatusRequest(Frame, tag="status"):
+    """Ask the daemon for every role's status."""
+
+    id: int
+
+
+class RoleStatus(msgspec.Struct, omit_defaults=True):
+    """What ``status`` shows for one role."""
+
+    role: str
+    state: str
+    pid: int | None = None
+    model: str = ""
+    uptime_s: float = 0.0
+    restarts: int = 0
+    last_exit: str = ""
+    in_flight: int = 0
+    queued: int = 0
+    served: int = 0
+    errors: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    rss_bytes: int = 0
+    log_path: str = ""
+    chat_template: str | None = None
+
+
+class StatusReply(Frame, tag="status_result"):
+    """Every role's status."""
+
+    id: int
+    roles: list[RoleStatus]
+
+
+class RestartRequest(Frame, tag="restart"):
+    """Gracefully restart one role, or ``all``."""
+
+    id: int
+    role: str
+    wait: bool = True
+
+
+class RestartReply(Frame, tag="restart_result"):
+    """The roles restarted and their states afterwards."""
+
+    id: int
+    roles: list[RoleStatus]
+
+
+Request = Union[
+    EmbedRequest, ChatRequest, RerankRequest, VisionRequest, NoopRequest, DebugRequest
+]
+"""What a worker's data pipe accepts."""
+
+ControlRequest = Union[StatusRequest, RestartRequest]
+"""What only the daemon answers."""
+
+AnyFrame = Union[
+    EmbedRequest,
+    ChatRequest,
+    RerankRequest,
+    VisionRequest,
+    NoopRequest,
+    DebugRequest,
+    Ready,
+    LoadFailed,
+    EmbedResult,
+    ChatChunk,
+    ChatResult,
+    RerankResult,
+    NoopResult,
+    ErrorFrame,
+    Ping,
+    Pong,
+    Cancel,
+    Shutdown,
+    ShutdownAck,
+    LogRecord,
+    StatusRequest,
+    StatusReply,
+    RestartRequest,
+    RestartReply,
+]
+"""Every frame; the codec decodes into this union."""
+
+FINAL_REPLIES = (EmbedResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
+"""Frames that end a request."""
