@@ -354,7 +354,8 @@ class RoleDispatcher:
         try:
             self.worker = self.policy.bring_up(self._spawn_once, sleep=self._sleep)
         except StartFailed as exc:
-            self._fail(exc.message, exc.log_tail)
+            if not self._closing:
+                self._fail(exc.message, exc.log_tail)
             return False
         except ConfigError as exc:
             self._fail(str(exc), "")
@@ -391,7 +392,7 @@ class RoleDispatcher:
         """Account for a worker that died or was killed under a call."""
         if not worker.alive():
             worker.join(1)
-        worker.close_pipes()
+        worker.close_data()
         self.restarts += 1
         self.policy.record_crash()
         self.last_exit = reason

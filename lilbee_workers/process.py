@@ -182,7 +182,8 @@ class WorkerProcess:
                     watched = [self.sentinel]
                     continue
                 awaiting_since = now
-        self.wait_exit(5)
+        self.join(5)
+        self.health.close()  # this thread is the health pipe's only reader
         log.info("worker exited", role=self.role, pid=self.pid, reason=self.exit_description())
         self.on_exit(self)
 
@@ -242,13 +243,12 @@ class WorkerProcess:
                 pass
 
     def join(self, timeout: float) -> None:
-        self._process.join(timeout)
-
-    def wait_exit(self, timeout: float) -> None:
-        """Join until the exit code is known (another thread may be reaping it too)."""
+        """Wait for the exit, until its code is known: two threads may reap at once, and
+        the one that loses the race would otherwise see no code."""
         deadline = time.monotonic() + timeout
+        self._process.join(timeout)
         while self.exitcode is None and time.monotonic() < deadline:
-            self._process.join(0.05)
+            self._process.join(0.02)
 
     def stop(self, grace_s: float) -> None:
         """Graceful stop: SHUTDOWN on the health pipe, close the data pipe, wait, kill."""
@@ -266,11 +266,10 @@ class WorkerProcess:
         if self.alive():
             self.kill(f"did not stop within {grace_s:g}s")
             self.join(5)
-        self.health.close()
 
-    def close_pipes(self) -> None:
-        for channel in (self.data, self.health):
-            try:
-                channel.close()
-            except OSError:
-                pass
+    def close_data(self) -> None:
+        """Close the data pipe (the monitor thread closes the health pipe when it ends)."""
+        try:
+            self.data.close()
+        except OSError:
+            pass

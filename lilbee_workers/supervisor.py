@@ -13,6 +13,7 @@ from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.dispatcher import RoleDispatcher
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
+from lilbee_workers.logs import configure_logging
 from lilbee_workers.transport.frames import Request, RoleStatus
 
 log = structlog.get_logger("lilbee_workers.supervisor")
@@ -41,6 +42,8 @@ class Supervisor(WorkerAPI):
         elif not isinstance(config, SupervisorConfig):
             config = load_config(config)
         self.config = config.validate()
+        if not structlog.is_configured():  # never log to stdout behind an app's back
+            configure_logging(self.config.log_level, self.config.log_format)
         self.queue_wait_s = queue_wait_s
         self.log_dir = self.config.resolved_log_dir()
         self._dispatchers: dict[str, RoleDispatcher] = {}

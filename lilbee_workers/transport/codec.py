@@ -18,7 +18,10 @@ _decoder: msgspec.msgpack.Decoder[AnyFrame] = msgspec.msgpack.Decoder(AnyFrame)
 
 def encode(frame: Frame, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
     """Encode one frame; a frame over ``max_bytes`` is a ``ProtocolError``."""
-    data = _encoder.encode(frame)
+    try:
+        data = _encoder.encode(frame)
+    except (OverflowError, TypeError, msgspec.EncodeError) as exc:
+        raise ProtocolError(f"cannot encode {type(frame).__name__}: {exc}") from None
     if len(data) > max_bytes:
         raise ProtocolError(
             f"{type(frame).__name__} frame is {len(data)} bytes, over the {max_bytes}-byte cap"

@@ -51,7 +51,7 @@ class ChatRequest(Frame, tag="chat"):
     max_tokens: int | None = None
     temperature: float = 0.8
     top_p: float = 0.95
-    stop: list[str] = []
+    stop: list[str] = msgspec.field(default_factory=list)
     seed: int | None = None
 
 

