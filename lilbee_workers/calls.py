@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 
 from lilbee_workers.errors import Cancelled, WorkerError, WorkerTimeout, error_from_frame
+from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
     AnyFrame,
     Cancel,
@@ -14,7 +14,6 @@ from lilbee_workers.transport.frames import (
     ErrorFrame,
     Request,
 )
-from lilbee_workers.transport.channel import PipeChannel
 
 _END = object()
 
@@ -27,42 +26,54 @@ class Call:
     it reaches the worker at once through the health pipe.
     """
 
-    def __init__(self, role: str, request: Request) -> None:
+    def __init__(self, role: str, request: Request, timeout: float | None = None) -> None:
         self.role = role
         self.request = request
         self.enqueued_at = time.monotonic()
+        self.expires_at = None if timeout is None else self.enqueued_at + timeout
+        self.timed_out = False
         self.chunks_delivered = 0
-        self.cancel_requested = threading.Event()
+        self.cancelled = False
+        self.finished = False
         self._replies: queue.SimpleQueue[AnyFrame | WorkerError] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        # Plain attributes, no locks: under the GIL each assignment is atomic, and
+        # bind/cancel each check the other's flag after setting their own.
         self._bound: tuple[PipeChannel, int] | None = None
-        self.finished = threading.Event()
 
     # ------------------------------------------------------------------ dispatcher side
 
     def bind(self, health: PipeChannel, attempt_id: int) -> None:
         """The call now runs on a worker as request ``attempt_id``."""
-        with self._lock:
-            self._bound = (health, attempt_id)
-            cancelled = self.cancel_requested.is_set()
-        if cancelled:
+        self._bound = (health, attempt_id)
+        if self.cancelled:
             self._send_cancel(health, attempt_id)
 
     def unbind(self) -> None:
-        with self._lock:
-            self._bound = None
+        self._bound = None
 
     def deliver_chunk(self, frame: ChatChunk) -> None:
         self.chunks_delivered += 1
         self._replies.put(frame)
 
     def finish(self, frame: AnyFrame) -> None:
-        self._replies.put(frame)
-        self.finished.set()
+        self._replies.put(self._timeout_error() if self.timed_out else frame)
+        self.finished = True
+
+    def time_out(self) -> None:
+        """The caller's timeout ran out while the call ran: cancel it; its answer will
+        be ``WorkerTimeout``."""
+        if not self.timed_out:
+            self.timed_out = True
+            self.cancel()
+
+    def _timeout_error(self) -> WorkerTimeout:
+        return WorkerTimeout(
+            f"{self.role} call did not finish within its timeout; cancelled", role=self.role
+        )
 
     def fail(self, error: WorkerError) -> None:
         self._replies.put(error)
-        self.finished.set()
+        self.finished = True
 
     # ------------------------------------------------------------------ caller side
 
@@ -73,9 +84,7 @@ class Call:
             item = self._replies.get(timeout=timeout)
         except queue.Empty:
             self.cancel()
-            raise WorkerTimeout(
-                f"{self.role} call did not finish within its timeout; cancelled", role=self.role
-            ) from None
+            raise self._timeout_error() from None
         if isinstance(item, WorkerError):
             raise item
         if isinstance(item, ErrorFrame):
@@ -85,13 +94,10 @@ class Call:
     def cancel(self) -> None:
         """Give up on the call: a queued call is skipped, a running one stops at the
         worker's next token."""
-        with self._lock:
-            if self.cancel_requested.is_set() or self.finished.is_set():
-                self.cancel_requested.set()
-                return
-            self.cancel_requested.set()
-            bound = self._bound
-        if bound is not None:
+        already = self.cancelled or self.finished
+        self.cancelled = True
+        bound = self._bound
+        if bound is not None and not already:
             self._send_cancel(*bound)
 
     @staticmethod

@@ -152,20 +152,34 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
 def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfig:
     """Decode and validate TOML text."""
     try:
-        config = msgspec.toml.decode(data, type=SupervisorConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+        raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:
+        # Role tables one by one, so an error names the role (msgspec says `roles[...]`).
+        roles = raw.get("roles", {}) if isinstance(raw, dict) else {}
+        if isinstance(roles, dict):
+            for name, table in roles.items():
+                try:
+                    roles[name] = msgspec.convert(table, RoleConfig)
+                except msgspec.ValidationError as exc:
+                    raise ConfigError(f"roles.{name}.{_readable(str(exc))}") from None
+        config = msgspec.convert(raw, SupervisorConfig)
         return config.validate()
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
 def _readable(message: str) -> str:
-    # msgspec says "... - at `$.roles.embed.n_ctx`"; name the key as TOML spells it.
-    return message.replace("`$.", "`").replace("$.", "")
+    """msgspec's "Expected `int`, got `str` - at `$.n_ctx`" as "n_ctx: Expected ..."."""
+    if " - at `$" in message:
+        text, where = message.rsplit(" - at `$", 1)
+        return f"{where.rstrip('`').lstrip('.')}: {text}"
+    if message.startswith("Object contains unknown field "):
+        return f"{message.removeprefix('Object contains unknown field ').strip('`')}: unknown key"
+    return message
 
 
 def default_config(roles: tuple[str, ...] = ("embed", "chat")) -> SupervisorConfig:

@@ -1,9 +1,11 @@
-"""One role's dispatcher: a bounded queue of calls and the thread that serves them on the
-role's worker, restarting the worker when it dies or hangs (gunicorn's arbiter, per role).
+"""One role's dispatcher: a bounded queue of calls, the role's worker process, and the
+thread that restarts it when it dies or hangs (gunicorn's arbiter, per role).
 
-Every lifecycle change of a role's worker happens on this one thread, so a worker is
-always started by a thread that lives as long as the supervisor: Linux's parent-death
-signal follows the thread that forked, not the process.
+One call holds the role at a time. A non-streaming call that finds the role idle runs
+its pipe I/O in the caller's own thread (no thread hand-offs on the hot path); streamed
+and queued calls are run by the dispatcher thread. Either way, every worker is
+*started* on the dispatcher thread, which lives as long as the supervisor: Linux's
+parent-death signal follows the thread that forked, not the process.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import msgspec
@@ -58,11 +58,19 @@ class _WorkerExited:
     worker: WorkerProcess
 
 
+@dataclass
+class _Respawn:
+    """A call holding the role lost its worker and needs a fresh one."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+
 class _Close:
     pass
 
 
-_Control = _Restart | _WorkerExited | _Close
+_Control = _Restart | _WorkerExited | _Close | _Respawn
 
 
 class RoleDispatcher:
@@ -90,7 +98,8 @@ class RoleDispatcher:
         self._controls: deque[_Control] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._current: Call | None = None
+        self._holder: Call | None = None  # the call running on the worker now
+        self._room_waiters = 0  # callers waiting for room in a full queue
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{role}", daemon=True)
 
     # ================================================================== caller side
@@ -98,29 +107,55 @@ class RoleDispatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, request: Request, block_s: float = 0.0) -> Call:
-        """Queue a call. A full queue answers ``Overloaded`` at once, or after waiting
-        up to ``block_s`` for room; a failed role answers ``WorkerUnavailable``."""
-        call = Call(self.role, request)
-        deadline = time.monotonic() + block_s
+    def submit(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
+        """Queue a call for the dispatcher thread. A full queue answers ``Overloaded`` at
+        once, or after waiting up to ``block_s`` for room; a failed role answers
+        ``WorkerUnavailable``."""
+        call = Call(self.role, request, timeout)
         with self._cond:
-            while True:
-                if self._closing:
-                    raise WorkerUnavailable(f"{self.role} is shutting down", role=self.role)
-                if self.state == "failed" and self.policy.cooling_down():
-                    raise self._unavailable()
-                if len(self._calls) < self.config.queue_size:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Overloaded(
-                        f"{self.role} queue is full ({self.config.queue_size} calls waiting)",
-                        role=self.role,
-                    )
-                self._cond.wait(remaining)
+            self._admit(block_s)
             self._calls.append(call)
             self._cond.notify_all()
         return call
+
+    def run_now(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
+        """Run a call to its final frame. When the role is idle the caller's thread does
+        the pipe I/O itself; otherwise the call queues like ``submit``. Returns the
+        finished call."""
+        call = Call(self.role, request, timeout)
+        with self._cond:
+            self._admit(block_s)
+            inline = self._holder is None and not self._calls and not self._controls
+            if inline:
+                self._holder = call
+            else:
+                self._calls.append(call)
+                self._cond.notify_all()
+        if inline:
+            self._serve(call)
+        return call
+
+    def _admit(self, block_s: float) -> None:
+        """Under the lock: refuse a call when closing, failed or full."""
+        deadline = time.monotonic() + block_s
+        while True:
+            if self._closing:
+                raise WorkerUnavailable(f"{self.role} is shutting down", role=self.role)
+            if self.state == "failed" and self.policy.cooling_down():
+                raise self._unavailable()
+            if len(self._calls) < self.config.queue_size:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Overloaded(
+                    f"{self.role} queue is full ({self.config.queue_size} calls waiting)",
+                    role=self.role,
+                )
+            self._room_waiters += 1
+            try:
+                self._cond.wait(remaining)
+            finally:
+                self._room_waiters -= 1
 
     def restart(self, config: RoleConfig | None = None) -> threading.Event:
         """Graceful restart after the call in flight (optionally with a new config);
@@ -158,7 +193,7 @@ class RoleDispatcher:
             uptime_s=round(worker.uptime(), 3) if alive and worker is not None else 0.0,
             restarts=self.restarts,
             last_exit=self.failed_reason if self.state == "failed" else self.last_exit,
-            in_flight=1 if self._current is not None else 0,
+            in_flight=1 if self._holder is not None else 0,
             queued=len(self._calls),
             served=self.served,
             errors=self.errors,
@@ -194,7 +229,10 @@ class RoleDispatcher:
             if isinstance(item, _Close):
                 self._shut_down()
                 return
-            if isinstance(item, _Restart):
+            if isinstance(item, _Respawn):
+                item.ok = self._start_worker(after_crash=True)
+                item.done.set()
+            elif isinstance(item, _Restart):
                 self._graceful_restart(item)
             elif isinstance(item, _WorkerExited):
                 self._on_idle_exit(item.worker)
@@ -202,31 +240,41 @@ class RoleDispatcher:
                 self._serve(item)
 
     def _next_item(self) -> _Control | Call:
+        """The next control (a respawn at once, others once no call holds the role),
+        else the next queued call, which then holds the role."""
         with self._cond:
             while True:
-                if self._controls:
+                for control in self._controls:
+                    if isinstance(control, _Respawn):  # its caller holds the role
+                        self._controls.remove(control)
+                        return control
+                if self._controls and self._holder is None:
                     return self._controls.popleft()
-                if self._calls:
+                if self._calls and self._holder is None and not self._controls:
                     call = self._calls.popleft()
-                    self._cond.notify_all()  # room in the queue
+                    self._holder = call
+                    if self._room_waiters:
+                        self._cond.notify_all()  # room in the queue
                     return call
                 self._cond.wait()
 
     def _serve(self, call: Call) -> None:
-        if call.cancel_requested.is_set():
-            call.fail(call.cancelled_error())
-            return
-        if not self._ensure_worker():
-            self.errors += 1
-            call.fail(self._unavailable())
-            return
-        self._current = call
+        """Run a call that holds the role, then release the role."""
         started = time.monotonic()
         try:
-            self._run_call(call)
+            if call.cancelled:
+                call.fail(call.cancelled_error())
+            elif not self._ensure_worker():
+                self.errors += 1
+                call.fail(self._unavailable())
+            else:
+                self._run_call(call)
         finally:
-            self._current = None
             self.latencies_ms.append((time.monotonic() - started) * 1000.0)
+            with self._cond:
+                self._holder = None
+                if self._calls or self._controls or self._room_waiters:
+                    self._cond.notify_all()
 
     def _run_call(self, call: Call) -> None:
         attempt = 0
@@ -241,23 +289,27 @@ class RoleDispatcher:
                 self.errors += 1
                 call.fail(WorkerUnavailable(f"{self.role} is shutting down", role=self.role))
                 return
-            if call.cancel_requested.is_set():  # the caller is gone: nothing to retry for
+            if call.cancelled:  # the caller is gone: nothing to retry for
                 call.fail(call.cancelled_error())
-                self._start_worker(after_crash=True)
+                self._respawn()
                 return
             if not recovery.should_retry(attempt, call.chunks_delivered):
                 self.errors += 1
                 call.fail(
                     recovery.crashed_error(
-                        self.role, attempt + 1, failure, call.chunks_delivered,
-                        str(self.log_path), worker.log_tail(),
+                        self.role,
+                        attempt + 1,
+                        failure,
+                        call.chunks_delivered,
+                        str(self.log_path),
+                        worker.log_tail(),
                     )
                 )
-                self._start_worker(after_crash=True)
+                self._respawn()
                 return
             attempt += 1
             log.warning("retrying call on a fresh worker", role=self.role, reason=failure)
-            if not self._start_worker(after_crash=True):
+            if not self._respawn():
                 self.errors += 1
                 call.fail(self._unavailable())
                 return
@@ -283,21 +335,23 @@ class RoleDispatcher:
         try:
             while True:
                 now = time.monotonic()
-                if cancel_deadline is None and call.cancel_requested.is_set():
+                if call.expires_at is not None and now >= call.expires_at:
+                    call.time_out()  # the caller's own timeout: cancel, answer WorkerTimeout
+                if cancel_deadline is None and call.cancelled:
                     cancel_deadline = now + self.config.cancel_grace_s
                 if cancel_deadline is not None and now >= cancel_deadline:
                     worker.kill(f"ignored cancel for {self.config.cancel_grace_s:g}s")
                     call.fail(call.cancelled_error())
                     worker.join(5)
                     self._retire(worker, worker.exit_description())
-                    self._start_worker(after_crash=False)
+                    self._respawn()
                     return None
                 if now >= deadline:
                     worker.kill(f"overran the {self.config.request_timeout_s:g}s request deadline")
                     worker.join(5)
                     return worker.exit_description()
-                ready = wait([worker.data.conn, worker.sentinel], timeout=min(deadline - now, _TICK_S))
-                if worker.data.conn in ready:
+                readable, dead = worker.wait_data(min(deadline - now, _TICK_S))
+                if readable:
                     try:
                         frame = worker.data.recv()
                     except (EOFError, OSError):
@@ -320,7 +374,7 @@ class RoleDispatcher:
                             self.served += 1
                         call.finish(frame)
                         return None
-                elif worker.sentinel in ready:
+                elif dead:
                     worker.join(5)
                     return worker.exit_description()
         finally:
@@ -332,11 +386,23 @@ class RoleDispatcher:
 
     def _ensure_worker(self) -> bool:
         worker = self.worker
-        if worker is not None and worker.alive() and self.state in ("ready", "busy"):
-            return True
+        if worker is not None and self.state in ("ready", "busy"):
+            return True  # a dead one is seen by the call's own wait, and retried
         if self.state == "failed" and self.policy.cooling_down():
             return False
-        return self._start_worker(after_crash=self.state != "failed")
+        if self.state == "failed":
+            self.policy.reset()  # the cool-down is over: a fresh series of tries
+        return self._respawn()
+
+    def _respawn(self) -> bool:
+        """A fresh worker after a crash, started on the dispatcher thread (whichever
+        thread is asking). False when the role is failed or closing."""
+        if threading.current_thread() is self._thread:
+            return self._start_worker(after_crash=True)
+        control = _Respawn()
+        self._post(control)
+        control.done.wait()
+        return control.ok
 
     def _start_worker(self, after_crash: bool) -> bool:
         """Bring a fresh worker up (with backoff); False when the role is failed."""
@@ -344,8 +410,11 @@ class RoleDispatcher:
             return False
         if after_crash:
             if self.policy.circuit_open():
-                self._fail(f"crashed {self.policy.recent_crashes()} times within "
-                           f"{self.config.restart_window_s:g}s; last: {self.last_exit}", "")
+                self._fail(
+                    f"crashed {self.policy.recent_crashes()} times within "
+                    f"{self.config.restart_window_s:g}s; last: {self.last_exit}",
+                    "",
+                )
                 return False
             self.state = "restarting"
             self._sleep(self.policy.restart_delay())
@@ -441,7 +510,7 @@ class RoleDispatcher:
         for call in waiting:
             call.fail(WorkerUnavailable(f"{self.role} is shutting down", role=self.role))
         for control in controls:
-            if isinstance(control, _Restart):
+            if isinstance(control, (_Restart, _Respawn)):
                 control.done.set()
         if self.worker is not None:
             self.worker.stop(self.config.cancel_grace_s)
@@ -458,5 +527,5 @@ class RoleDispatcher:
 def _percentile(sorted_values: list[float], fraction: float) -> float | None:
     if not sorted_values:
         return None
-    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
     return round(sorted_values[index], 3)

@@ -119,6 +119,4 @@ _BY_KIND: dict[str, type[WorkerError]] = {
 def error_from_frame(frame: ErrorFrame) -> WorkerError:
     """The exception an ``ErrorFrame`` stands for."""
     cls = _BY_KIND.get(frame.kind, WorkerError)
-    return cls(
-        frame.message, role=frame.role, log_path=frame.log_path, log_tail=frame.log_tail
-    )
+    return cls(frame.message, role=frame.role, log_path=frame.log_path, log_tail=frame.log_tail)

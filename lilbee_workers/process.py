@@ -7,8 +7,10 @@ is seen at once through the process sentinel by whoever waits on it.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -96,6 +98,12 @@ class WorkerProcess:
         child_health.close()
         self.data = PipeChannel(parent_data, self.max_frame_bytes)
         self.health = PipeChannel(parent_health, self.max_frame_bytes)
+        # One poller for the data pipe and the death sentinel, reused by every call
+        # (only the thread holding the role waits on it).
+        self._poller = select.poll()
+        self._poller.register(parent_data.fileno(), select.POLLIN)
+        self._poller.register(self.sentinel, select.POLLIN)
+        self._data_fd = parent_data.fileno()
         self.started_at = time.monotonic()
         log.info("worker spawned", role=self.role, pid=self.pid, generation=self.generation)
         threading.Thread(
@@ -161,8 +169,13 @@ class WorkerProcess:
                         next_ping = now + interval
                     self.last_pong = frame
                 elif isinstance(frame, LogRecord):
-                    log.log(frame.level, frame.message, role=self.role, pid=self.pid,
-                            source=frame.logger)
+                    log.log(
+                        frame.level,
+                        frame.message,
+                        role=self.role,
+                        pid=self.pid,
+                        source=frame.logger,
+                    )
                 elif isinstance(frame, ShutdownAck):
                     self._ack.set()
                 continue
@@ -186,6 +199,17 @@ class WorkerProcess:
         self.health.close()  # this thread is the health pipe's only reader
         log.info("worker exited", role=self.role, pid=self.pid, reason=self.exit_description())
         self.on_exit(self)
+
+    def wait_data(self, timeout: float) -> tuple[bool, bool]:
+        """Wait up to ``timeout`` s: (data pipe readable, process gone)."""
+        events = self._poller.poll(max(0, math.ceil(timeout * 1000)))
+        readable = dead = False
+        for fd, _ in events:
+            if fd == self._data_fd:
+                readable = True
+            else:
+                dead = True
+        return readable, dead
 
     # ------------------------------------------------------------------ facts
 

@@ -14,7 +14,7 @@ from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.dispatcher import RoleDispatcher
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
 from lilbee_workers.logs import configure_logging
-from lilbee_workers.transport.frames import Request, RoleStatus
+from lilbee_workers.transport.frames import AnyFrame, Request, RoleStatus
 
 log = structlog.get_logger("lilbee_workers.supervisor")
 
@@ -59,7 +59,9 @@ class Supervisor(WorkerAPI):
         self._started = True
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for role, role_config in self.config.roles.items():
-            dispatcher = RoleDispatcher(role, role_config, self.log_dir, self.config.max_frame_bytes)
+            dispatcher = RoleDispatcher(
+                role, role_config, self.log_dir, self.config.max_frame_bytes
+            )
             self._dispatchers[role] = dispatcher
             dispatcher.start()
         if wait:
@@ -91,14 +93,22 @@ class Supervisor(WorkerAPI):
         return self.start()
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
     # ------------------------------------------------------------------ API
 
     def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
-        return self.dispatcher(role).submit(request, block_s=self.queue_wait_s)
+        return self.dispatcher(role).submit(request, self.queue_wait_s, timeout)
+
+    def _final(self, role: str, request: Request, timeout: float | None) -> AnyFrame:
+        # Non-streaming: on an idle role the pipe I/O runs in this thread.
+        call = self.dispatcher(role).run_now(request, self.queue_wait_s, timeout)
+        return call.next_frame(timeout)
 
     def dispatcher(self, role: str) -> RoleDispatcher:
         """The dispatcher of a configured role."""
@@ -135,9 +145,7 @@ class Supervisor(WorkerAPI):
         config.validate()
         if set(config.roles) != set(self.config.roles):
             raise InvalidRequest("reload cannot add or remove roles; restart the daemon")
-        changed = [
-            role for role, new in config.roles.items() if new != self.config.roles[role]
-        ]
+        changed = [role for role, new in config.roles.items() if new != self.config.roles[role]]
         events = [self._dispatchers[role].restart(config.roles[role]) for role in changed]
         self.config = config
         for event in events:

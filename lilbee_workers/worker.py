@@ -40,7 +40,7 @@ from lilbee_workers.transport.frames import (
 )
 
 _PR_SET_PDEATHSIG = 1
-_REQUEST_TYPES = Request.__args__  # type: ignore[attr-defined]
+_REQUEST_TYPES = Request.__args__
 
 
 class WorkerState:
@@ -50,22 +50,19 @@ class WorkerState:
         self.in_flight = 0
         self.served = 0
         self.cancel = threading.Event()
-        self.lock = threading.Lock()
 
     def begin(self, request_id: int) -> None:
-        with self.lock:
-            self.in_flight = request_id
+        self.in_flight = request_id  # atomic under the GIL; read by the heartbeat thread
+        if self.cancel.is_set():
             self.cancel.clear()
 
     def end(self) -> None:
-        with self.lock:
-            self.in_flight = 0
-            self.served += 1
+        self.in_flight = 0
+        self.served += 1
 
     def cancel_if_current(self, request_id: int) -> None:
-        with self.lock:
-            if self.in_flight == request_id:
-                self.cancel.set()
+        if self.in_flight == request_id:
+            self.cancel.set()
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -130,13 +127,9 @@ def heartbeat(health: PipeChannel, state: WorkerState, shutdown_grace_s: float) 
         except ProtocolError:
             continue
         if isinstance(frame, Ping):
-            with state.lock:
-                pong = Pong(
-                    seq=frame.seq,
-                    in_flight=state.in_flight,
-                    rss_bytes=rss_bytes(),
-                    served=state.served,
-                )
+            pong = Pong(
+                seq=frame.seq, in_flight=state.in_flight, rss_bytes=rss_bytes(), served=state.served
+            )
             _send_or_exit(health, pong)
         elif isinstance(frame, Cancel):
             state.cancel_if_current(frame.id)
@@ -199,7 +192,9 @@ def worker_main(
     logging.getLogger().addHandler(ForwardingHandler(health))
     state = WorkerState()
     threading.Thread(
-        target=heartbeat, args=(health, state, config.cancel_grace_s), daemon=True,
+        target=heartbeat,
+        args=(health, state, config.cancel_grace_s),
+        daemon=True,
         name="heartbeat",
     ).start()
 
@@ -232,10 +227,11 @@ def worker_main(
     serve(data, handler, state, config, generation)
 
 
-def serve(data: PipeChannel, handler: object, state: WorkerState, config: RoleConfig,
-          generation: int) -> None:
+def serve(
+    data: PipeChannel, handler: object, state: WorkerState, config: RoleConfig, generation: int
+) -> None:
     """Read one request, run it, write its reply frames; until the pipe closes."""
-    from lilbee_workers.roles.base import RequestContext, Role
+    from lilbee_workers.roles.base import Role
 
     assert isinstance(handler, Role)
     while True:
@@ -292,6 +288,10 @@ def run_request(
         return exc.to_frame(request.id)
     except Exception as exc:  # llama.cpp raised: the request failed, the worker lives
         logging.getLogger("lilbee_workers.worker").exception("request %d failed", request.id)
-        error = ModelError(f"{type(exc).__name__}: {exc}", role=handler.kind,
-                           log_path=handler.log_path, log_tail=tail_lines(handler.log_path, 5))
+        error = ModelError(
+            f"{type(exc).__name__}: {exc}",
+            role=handler.kind,
+            log_path=handler.log_path,
+            log_tail=tail_lines(handler.log_path, 5),
+        )
         return error.to_frame(request.id)

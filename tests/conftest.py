@@ -116,10 +116,7 @@ def no_orphans_at_end() -> Iterator[None]:
     import gc
 
     gc.collect()
-    leftover = [
-        pid for pid in children_of(os.getpid())
-        if "resource_tracker" not in _cmdline(pid)
-    ]
+    leftover = [pid for pid in children_of(os.getpid()) if "resource_tracker" not in _cmdline(pid)]
     for pid in leftover:
         os.kill(pid, signal.SIGKILL)
     assert not leftover, f"test session left processes behind: {leftover}"

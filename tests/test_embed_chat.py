@@ -84,8 +84,9 @@ def test_chat_with_seed_and_zero_temperature_is_repeatable(sup: Supervisor) -> N
 def test_chat_stop_sequence_ends_generation(sup: Supervisor) -> None:
     base = sup.chat("List: apple, banana, cherry,", max_tokens=20, temperature=0.0).text()
     assert "," in base
-    stopped = sup.chat("List: apple, banana, cherry,", max_tokens=20, temperature=0.0,
-                       stop=[","]).collect()
+    stopped = sup.chat(
+        "List: apple, banana, cherry,", max_tokens=20, temperature=0.0, stop=[","]
+    ).collect()
     assert "," not in stopped.text
     assert stopped.finish_reason == "stop"
 

@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-
 from conftest import pid_alive, wait_for_state, wait_until
+
 from lilbee_workers import (
     InvalidRequest,
     Overloaded,
@@ -36,14 +36,16 @@ from lilbee_workers.transport.frames import (
     Ping,
 )
 
-TEXTS = [f"sentence number {i} about bees and honey and flowers" for i in range(48)]
+TEXTS = [f"sentence number {i} about bees and honey and flowers" for i in range(16)]
 
 
 def restarts(sup: Supervisor, role: str) -> int:
     return sup.dispatcher(role).restarts
 
 
-def kill_when_busy(sup: Supervisor, role: str, sig: signal.Signals, delay: float) -> threading.Thread:
+def kill_when_busy(
+    sup: Supervisor, role: str, sig: signal.Signals, delay: float
+) -> threading.Thread:
     """Send ``sig`` to the role's worker ``delay`` seconds after a call is in flight."""
     dispatcher = sup.dispatcher(role)
     pid = sup.worker_pid(role)
@@ -163,7 +165,7 @@ def test_abandoned_stream_stops_generation_and_worker_stays_warm(sup: Supervisor
     call: Any = stream._call
     assert next(stream) and next(stream)
     stream.close()
-    assert call.finished.wait(5), "worker did not stop after cancel"
+    wait_until(lambda: call.finished, timeout=5, what="worker to stop after cancel")
     frames = []
     while True:
         frame = call._replies.get(timeout=1)
@@ -199,8 +201,13 @@ def test_malformed_frames_into_the_data_pipe(
         wrong = msgspec.msgpack.encode({"k": "embed", "id": 6, "texts": 42})
         oversized = codec.encode(EmbedRequest(id=7, texts=["y" * 100_000]))
         not_a_request = codec.encode(Ping(seq=1))
-        for raw, expected_id in ((garbage, 0), (unknown, 5), (wrong, 6), (oversized, 7),
-                                 (not_a_request, 0)):
+        for raw, expected_id in (
+            (garbage, 0),
+            (unknown, 5),
+            (wrong, 6),
+            (oversized, 7),
+            (not_a_request, 0),
+        ):
             worker.data.send_raw(raw)
             assert worker.data.poll(10)
             reply = worker.data.recv()

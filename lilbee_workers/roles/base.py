@@ -105,9 +105,7 @@ def model_metadata(model_path: str, key: str) -> str | None:
         llama_cpp.llama_model_free(model)
 
 
-def check_sampling(
-    max_tokens: int | None, temperature: float, top_p: float | None = None
-) -> None:
+def check_sampling(max_tokens: int | None, temperature: float, top_p: float | None = None) -> None:
     """Refuse sampling parameters llama.cpp would misread."""
     if max_tokens is not None and max_tokens <= 0:
         raise InvalidRequest(f"max_tokens must be > 0, got {max_tokens}")

@@ -48,7 +48,7 @@ class GenerationMeter:
         self.cancel = cancel
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        llm.generate = self  # type: ignore[method-assign]
+        llm.generate = self  # type: ignore[method-assign,assignment]
 
     def __call__(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
         self.prompt_tokens = len(tokens)
@@ -153,4 +153,4 @@ class ChatRole(Role):
             stop=list(request.stop),
             seed=request.seed,
         )
-        return stream_completion(self.llm, self.meter, ctx, iter(stream))  # type: ignore[arg-type]
+        return stream_completion(self.llm, self.meter, ctx, iter(stream))

@@ -46,7 +46,7 @@ class EmbedRole(Role):
             n_batch=self.config.n_ctx,
             n_ubatch=self.config.n_ctx,
         )
-        if self.llm.pooling_type() == 0:
+        if int(self.llm.pooling_type()) == 0:
             raise ModelError("this model gives per-token embeddings only; set pooling")
         return LoadedModel(n_ctx=self.llm.n_ctx(), n_embd=self.llm.n_embd())
 

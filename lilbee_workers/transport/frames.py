@@ -15,7 +15,7 @@ from an earlier attempt is never taken for the answer to a new one.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -289,40 +289,38 @@ class RestartReply(Frame, tag="restart_result"):
     roles: list[RoleStatus]
 
 
-Request = Union[
-    EmbedRequest, ChatRequest, RerankRequest, VisionRequest, NoopRequest, DebugRequest
-]
+Request = EmbedRequest | ChatRequest | RerankRequest | VisionRequest | NoopRequest | DebugRequest
 """What a worker's data pipe accepts."""
 
-ControlRequest = Union[StatusRequest, RestartRequest]
+ControlRequest = StatusRequest | RestartRequest
 """What only the daemon answers."""
 
-AnyFrame = Union[
-    EmbedRequest,
-    ChatRequest,
-    RerankRequest,
-    VisionRequest,
-    NoopRequest,
-    DebugRequest,
-    Ready,
-    LoadFailed,
-    EmbedResult,
-    ChatChunk,
-    ChatResult,
-    RerankResult,
-    NoopResult,
-    ErrorFrame,
-    Ping,
-    Pong,
-    Cancel,
-    Shutdown,
-    ShutdownAck,
-    LogRecord,
-    StatusRequest,
-    StatusReply,
-    RestartRequest,
-    RestartReply,
-]
+AnyFrame = (
+    EmbedRequest
+    | ChatRequest
+    | RerankRequest
+    | VisionRequest
+    | NoopRequest
+    | DebugRequest
+    | Ready
+    | LoadFailed
+    | EmbedResult
+    | ChatChunk
+    | ChatResult
+    | RerankResult
+    | NoopResult
+    | ErrorFrame
+    | Ping
+    | Pong
+    | Cancel
+    | Shutdown
+    | ShutdownAck
+    | LogRecord
+    | StatusRequest
+    | StatusReply
+    | RestartRequest
+    | RestartReply
+)
 """Every frame; the codec decodes into this union."""
 
 FINAL_REPLIES = (EmbedResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
