@@ -128,3 +128,11 @@ def _cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A generated bert-style cross-encoder (RANK pooling), written once per session."""
+    from tiny_models import write_tiny_reranker
+
+    return str(write_tiny_reranker(tmp_path_factory.mktemp("models") / "tiny-reranker.gguf"))

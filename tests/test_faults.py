@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from conftest import pid_alive, wait_for_state, wait_until
 
+from conftest import pid_alive, wait_for_state, wait_until
 from lilbee_workers import (
     InvalidRequest,
     Overloaded,
