@@ -187,7 +187,7 @@ class RerankRole(Role):
                     add_bos=False,
                 )
                 tokens = tokens[: limit - len(tail) - 1] + tail
-            self.llm.reset()
+            self.llm.reset()  # type: ignore[no-untyped-call]
             self.llm.eval(tokens)
             logits: Any = self.llm.scores[self.llm.n_tokens - 1]
             yes, no = float(logits[self.yes]), float(logits[self.no])
