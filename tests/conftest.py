@@ -136,3 +136,11 @@ def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tiny_models import write_tiny_reranker
 
     return str(write_tiny_reranker(tmp_path_factory.mktemp("models") / "tiny-reranker.gguf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_projector(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A generated llava-style CLIP projector for gemma 3 270M (640-dim), once per session."""
+    from tiny_models import write_tiny_projector
+
+    return str(write_tiny_projector(tmp_path_factory.mktemp("models") / "tiny-mmproj.gguf"))

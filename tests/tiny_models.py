@@ -141,3 +141,83 @@ def write_tiny_reranker(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_tiny_projector(
+    path: Path,
+    *,
+    text_embd: int = 640,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_layer: int = 2,
+    n_ff: int = 64,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden: int = 64,
+    seed: int = 99,
+) -> Path:
+    """A llava-style (``mlp`` projector) CLIP vision tower whose output matches a
+    language model of embedding size ``text_embd`` (640: gemma 3 270M)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    n_pos = (image_size // patch_size) ** 2
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name("lilbee-tiny-projector")
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.has_text_encoder", False)
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", image_size)
+    writer.add_uint32("clip.vision.patch_size", patch_size)
+    writer.add_uint32("clip.vision.embedding_length", n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
+    writer.add_uint32("clip.vision.block_count", n_layer)
+    writer.add_uint32("clip.vision.projection_dim", text_embd)
+    writer.add_uint32("clip.vision.attention.head_count", n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    def tensor(name: str, *shape: int, scale: float = 0.05) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def const(name: str, size: int, value: float) -> None:
+        writer.add_tensor(name, np.full(size, value, dtype=np.float32))
+
+    tensor("v.patch_embd.weight", n_embd, 3, patch_size, patch_size)
+    const("v.patch_embd.bias", n_embd, 0.0)
+    tensor("v.position_embd.weight", n_pos, n_embd)
+    for i in range(n_layer):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensor(f"v.blk.{i}.{part}.weight", n_embd, n_embd)
+            const(f"v.blk.{i}.{part}.bias", n_embd, 0.0)
+        for norm in ("ln1", "ln2"):
+            const(f"v.blk.{i}.{norm}.weight", n_embd, 1.0)
+            const(f"v.blk.{i}.{norm}.bias", n_embd, 0.0)
+        tensor(f"v.blk.{i}.ffn_up.weight", n_ff, n_embd)
+        const(f"v.blk.{i}.ffn_up.bias", n_ff, 0.0)
+        tensor(f"v.blk.{i}.ffn_down.weight", n_embd, n_ff)
+        const(f"v.blk.{i}.ffn_down.bias", n_embd, 0.0)
+    tensor("mm.0.weight", hidden, n_embd)
+    const("mm.0.bias", hidden, 0.0)
+    tensor("mm.2.weight", text_embd, hidden, scale=0.01)
+    const("mm.2.bias", text_embd, 0.0)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def png_bytes(width: int = 48, height: int = 40, seed: int = 3) -> bytes:
+    """A small real PNG (random pixels), made with Pillow."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
