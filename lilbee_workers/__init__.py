@@ -6,10 +6,13 @@ through the daemon's Unix socket (``Client``); both have the same methods.
 """
 
 from lilbee_workers.api import ChatStream
+from lilbee_workers.client import Client
 from lilbee_workers.config import RoleConfig, SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import (
+    AccessDenied,
     Cancelled,
     ConfigError,
+    DaemonUnreachable,
     InvalidRequest,
     ModelError,
     Overloaded,
@@ -23,11 +26,14 @@ from lilbee_workers.supervisor import Supervisor
 from lilbee_workers.transport.frames import ChatMessage, ChatResult, RerankItem, RoleStatus
 
 __all__ = [
+    "AccessDenied",
     "Cancelled",
     "ChatMessage",
     "ChatResult",
     "ChatStream",
+    "Client",
     "ConfigError",
+    "DaemonUnreachable",
     "InvalidRequest",
     "ModelError",
     "Overloaded",

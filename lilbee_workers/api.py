@@ -224,7 +224,7 @@ class WorkerAPI(ABC):
 
     def noop(self, role: str, timeout: float | None = None) -> None:
         """A round trip through a role's worker that does no work (for benchmarks)."""
-        frame = self._final(role, NoopRequest(id=0), timeout)
+        frame = self._final(role, NoopRequest(id=0, role=role), timeout)
         if not isinstance(frame, NoopResult):
             raise ProtocolError(f"expected a noop result, got {type(frame).__name__}")
 

@@ -97,6 +97,16 @@ class Cancelled(WorkerError):
     kind: ErrorKind = "cancelled"
 
 
+class AccessDenied(WorkerError):
+    """The daemon refused this client (its uid is not allowed)."""
+
+    kind: ErrorKind = "forbidden"
+
+
+class DaemonUnreachable(WorkerUnavailable):
+    """No daemon answers on the socket."""
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the bad key."""
 
@@ -112,6 +122,7 @@ _BY_KIND: dict[str, type[WorkerError]] = {
         ModelError,
         ProtocolError,
         Cancelled,
+        AccessDenied,
     )
 }
 

@@ -81,6 +81,7 @@ class NoopRequest(Frame, tag="noop"):
     """Does nothing in the worker; measures the round trip of the data path."""
 
     id: int
+    role: str = ""  # which role's worker, when sent to the daemon
 
 
 DebugAction = Literal["sleep", "abort", "exit", "exit0", "spin"]
@@ -92,6 +93,7 @@ class DebugRequest(Frame, tag="debug"):
     id: int
     action: DebugAction
     seconds: float = 0.0
+    role: str = ""  # which role's worker, when sent to the daemon
     # Only misbehave while the worker's generation is below this number (0: always).
     # Lets a test say "crash on the first attempt only" without sharing state.
     below_generation: int = 0
@@ -180,6 +182,7 @@ ErrorKind = Literal[
     "unavailable",
     "overloaded",
     "cancelled",
+    "forbidden",
     "internal",
 ]
 
@@ -246,7 +249,7 @@ class StatusRequest(Frame, tag="status"):
     id: int
 
 
-class RoleStatus(msgspec.Struct, omit_defaults=True):
+class RoleStatus(msgspec.Struct):
     """What ``status`` shows for one role."""
 
     role: str
