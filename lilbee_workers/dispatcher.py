@@ -72,6 +72,10 @@ class _Close:
 
 _Control = _Restart | _WorkerExited | _Close | _Respawn
 
+_LIFECYCLE = object()
+"""Holds the role while the dispatcher starts, restarts or stops its worker, so no call
+runs on a worker that is being replaced."""
+
 
 class RoleDispatcher:
     """Owns one role: its queue, its worker process, its recovery and its counters."""
@@ -98,7 +102,9 @@ class RoleDispatcher:
         self._controls: deque[_Control] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._holder: Call | None = None  # the call running on the worker now
+        # What holds the role: the call running on the worker, or _LIFECYCLE. Held from
+        # the start so that no call runs before the first worker is up.
+        self._holder: object | None = _LIFECYCLE
         self._room_waiters = 0  # callers waiting for room in a full queue
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{role}", daemon=True)
 
@@ -193,7 +199,7 @@ class RoleDispatcher:
             uptime_s=round(worker.uptime(), 3) if alive and worker is not None else 0.0,
             restarts=self.restarts,
             last_exit=self.failed_reason if self.state == "failed" else self.last_exit,
-            in_flight=1 if self._holder is not None else 0,
+            in_flight=1 if isinstance(self._holder, Call) else 0,
             queued=len(self._calls),
             served=self.served,
             errors=self.errors,
@@ -224,20 +230,34 @@ class RoleDispatcher:
     def _run(self) -> None:
         self._start_worker(after_crash=False)
         self.started.set()
+        self._release()
         while True:
             item = self._next_item()
             if isinstance(item, _Close):
                 self._shut_down()
                 return
-            if isinstance(item, _Respawn):
-                item.ok = self._start_worker(after_crash=True)
+            if isinstance(item, _Respawn):  # asked by the call holding the role
+                item.ok = self._has_live_worker() or self._start_worker(after_crash=True)
                 item.done.set()
             elif isinstance(item, _Restart):
                 self._graceful_restart(item)
+                self._release()
             elif isinstance(item, _WorkerExited):
                 self._on_idle_exit(item.worker)
+                self._release()
             else:
                 self._serve(item)
+
+    def _release(self) -> None:
+        """Free the role for the next call."""
+        with self._cond:
+            self._holder = None
+            if self._calls or self._controls or self._room_waiters:
+                self._cond.notify_all()
+
+    def _has_live_worker(self) -> bool:
+        worker = self.worker
+        return worker is not None and self.state == "ready" and worker.alive()
 
     def _next_item(self) -> _Control | Call:
         """The next control (a respawn at once, others once no call holds the role),
@@ -249,7 +269,10 @@ class RoleDispatcher:
                         self._controls.remove(control)
                         return control
                 if self._controls and self._holder is None:
-                    return self._controls.popleft()
+                    control = self._controls.popleft()
+                    if not isinstance(control, _Close):
+                        self._holder = _LIFECYCLE
+                    return control
                 if self._calls and self._holder is None and not self._controls:
                     call = self._calls.popleft()
                     self._holder = call
@@ -271,10 +294,7 @@ class RoleDispatcher:
                 self._run_call(call)
         finally:
             self.latencies_ms.append((time.monotonic() - started) * 1000.0)
-            with self._cond:
-                self._holder = None
-                if self._calls or self._controls or self._room_waiters:
-                    self._cond.notify_all()
+            self._release()
 
     def _run_call(self, call: Call) -> None:
         attempt = 0
@@ -408,6 +428,11 @@ class RoleDispatcher:
         """Bring a fresh worker up (with backoff); False when the role is failed."""
         if self._closing:
             return False
+        old = self.worker
+        if old is not None and old.alive():  # never two workers for one role
+            old.kill("replaced by a fresh worker")
+            old.join(5)
+            old.close_data()
         if after_crash:
             if self.policy.circuit_open():
                 self._fail(

@@ -69,6 +69,13 @@ class WorkerProcess:
         self._ack = threading.Event()
         self._stopping = False
         self._process: Any = None
+        self._pid = 0
+        self._sentinel = -1
+        self._exitcode: int | None = None
+        # Set by the monitor thread, the only thread that reaps the process, once the
+        # exit code is known and the Process (and its spawn pipes) is closed.
+        self._exited = threading.Event()
+        self._reap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ start
 
@@ -94,6 +101,8 @@ class WorkerProcess:
             daemon=True,
         )
         self._process.start()
+        self._pid = int(self._process.pid)
+        self._sentinel = int(self._process.sentinel)
         child_data.close()
         child_health.close()
         self.data = PipeChannel(parent_data, self.max_frame_bytes)
@@ -151,6 +160,11 @@ class WorkerProcess:
         watched: list[Any] = [self.health.conn, self.sentinel]
         while True:
             now = time.monotonic()
+            if self.ready is None:
+                # Loading: Python-side work (imports, metadata, templates) may hold the
+                # GIL for seconds, so the heartbeat is not yet a liveness signal;
+                # start_timeout_s bounds the load instead.
+                next_ping = now + interval
             until = (awaiting_since + timeout) if awaiting_since is not None else next_ping
             ready = wait(watched, timeout=min(max(0.0, until - now), interval))
             now = time.monotonic()
@@ -195,7 +209,7 @@ class WorkerProcess:
                     watched = [self.sentinel]
                     continue
                 awaiting_since = now
-        self.join(5)
+        self._reap()
         self.health.close()  # this thread is the health pipe's only reader
         log.info("worker exited", role=self.role, pid=self.pid, reason=self.exit_description())
         self.on_exit(self)
@@ -213,21 +227,37 @@ class WorkerProcess:
 
     # ------------------------------------------------------------------ facts
 
+    def _reap(self) -> None:
+        """Collect the exit code and close the Process now (its spawn pipes would
+        otherwise stay open until garbage collection)."""
+        self._process.join(5)
+        with self._reap_lock:
+            code = self._process.exitcode
+            if code is not None:
+                self._exitcode = int(code)
+                self._process.close()
+            self._exited.set()
+
     @property
     def pid(self) -> int:
-        return int(self._process.pid)
+        return self._pid
 
     @property
     def sentinel(self) -> int:
-        return int(self._process.sentinel)
+        return self._sentinel
 
     @property
     def exitcode(self) -> int | None:
-        code = self._process.exitcode
-        return None if code is None else int(code)
+        return self._exitcode
 
     def alive(self) -> bool:
-        return bool(self._process is not None and self._process.is_alive())
+        if self._process is None:
+            return False
+        with self._reap_lock:
+            if self._exited.is_set():
+                return False
+            readable, _, _ = select.select([self._sentinel], [], [], 0)
+            return not readable
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_at
@@ -260,19 +290,17 @@ class WorkerProcess:
         """SIGKILL the worker (first reason wins)."""
         if self.kill_reason is None:
             self.kill_reason = reason
-        if self._process is not None and self._process.pid is not None:
+        with self._reap_lock:
+            if self._process is None or self._exited.is_set():
+                return  # reaped: the pid may already belong to another process
             try:
-                os.kill(self._process.pid, signal.SIGKILL)
+                os.kill(self._pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
     def join(self, timeout: float) -> None:
-        """Wait for the exit, until its code is known: two threads may reap at once, and
-        the one that loses the race would otherwise see no code."""
-        deadline = time.monotonic() + timeout
-        self._process.join(timeout)
-        while self.exitcode is None and time.monotonic() < deadline:
-            self._process.join(0.02)
+        """Wait until the monitor thread has reaped the process and knows its exit code."""
+        self._exited.wait(timeout)
 
     def stop(self, grace_s: float) -> None:
         """Graceful stop: SHUTDOWN on the health pipe, close the data pipe, wait, kill."""

@@ -144,3 +144,12 @@ def tiny_projector(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tiny_models import write_tiny_projector
 
     return str(write_tiny_projector(tmp_path_factory.mktemp("models") / "tiny-mmproj.gguf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A generated bert embedding model (mean pooling, 32 dims), once per session."""
+    from tiny_models import write_tiny_reranker
+
+    path = tmp_path_factory.mktemp("models") / "tiny-embedder.gguf"
+    return str(write_tiny_reranker(path, rank_head=False))

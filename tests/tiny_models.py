@@ -66,8 +66,10 @@ def write_tiny_reranker(
     n_ctx: int = 256,
     seed: int = 1234,
     duplicate_token: bool = False,
+    rank_head: bool = True,
 ) -> Path:
     """A bert-style cross-encoder: RANK pooling, ``cls`` + ``cls.output`` head.
+    With ``rank_head=False``: a plain bert embedding model with mean pooling.
 
     ``duplicate_token`` writes one token twice, which makes llama.cpp abort at load
     (SIGABRT): a real crash for crash-loop tests.
@@ -87,8 +89,11 @@ def write_tiny_reranker(
     writer.add_head_count(n_head)
     writer.add_layer_norm_eps(1e-12)
     writer.add_causal_attention(False)
-    writer.add_pooling_type(gguf.PoolingType.RANK)
-    writer.add_classifier_output_labels(["relevant"])
+    if rank_head:
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        writer.add_classifier_output_labels(["relevant"])
+    else:
+        writer.add_pooling_type(gguf.PoolingType.MEAN)
     writer.add_tokenizer_model("bert")
     writer.add_token_list(vocab)
     writer.add_token_types(
@@ -131,10 +136,11 @@ def write_tiny_reranker(
         zeros(f"blk.{i}.ffn_down.bias", n_embd)
         ones(f"blk.{i}.layer_output_norm.weight", n_embd)
         zeros(f"blk.{i}.layer_output_norm.bias", n_embd)
-    tensor("cls.weight", n_embd, n_embd)
-    zeros("cls.bias", n_embd)
-    tensor("cls.output.weight", 1, n_embd, scale=1.0)
-    zeros("cls.output.bias", 1)
+    if rank_head:
+        tensor("cls.weight", n_embd, n_embd)
+        zeros("cls.bias", n_embd)
+        tensor("cls.output.weight", 1, n_embd, scale=1.0)
+        zeros("cls.output.bias", 1)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
