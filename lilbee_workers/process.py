@@ -160,11 +160,6 @@ class WorkerProcess:
         watched: list[Any] = [self.health.conn, self.sentinel]
         while True:
             now = time.monotonic()
-            if self.ready is None:
-                # Loading: Python-side work (imports, metadata, templates) may hold the
-                # GIL for seconds, so the heartbeat is not yet a liveness signal;
-                # start_timeout_s bounds the load instead.
-                next_ping = now + interval
             until = (awaiting_since + timeout) if awaiting_since is not None else next_ping
             ready = wait(watched, timeout=min(max(0.0, until - now), interval))
             now = time.monotonic()
@@ -201,7 +196,9 @@ class WorkerProcess:
                 self.kill(f"hung: no heartbeat reply within {timeout:g}s")
                 awaiting_since = None
                 next_ping = float("inf")
-            elif awaiting_since is None and now >= next_ping:
+            elif awaiting_since is None and now >= next_ping and self.ready is not None:
+                # (No pings while loading: imports and metadata parsing may hold the
+                # GIL for seconds; start_timeout_s bounds the load instead.)
                 seq += 1
                 try:
                     self.health.send(Ping(seq=seq))

@@ -182,6 +182,9 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process."""
     die_with_parent(parent_pid)
+    # On an abort, ggml would attach gdb to print a backtrace: slow, and it buries
+    # llama.cpp's own assert message (the line users need) under the backtrace.
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     redirect_stdio(log_path)
     print(f"=== lilbee-workers {role} worker pid {os.getpid()} generation {generation}", flush=True)

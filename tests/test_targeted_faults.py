@@ -1,0 +1,73 @@
+"""Targeted faults: unexpected exit 0, death during model load, a crash loop at load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import children_of, wait_for_state, wait_until
+from lilbee_workers import Supervisor, SupervisorConfig, WorkerUnavailable
+from lilbee_workers.transport.frames import DebugRequest, NoopResult
+from tiny_models import write_tiny_reranker
+
+
+def test_unexpected_exit_code_0_is_a_crash_and_the_call_is_retried(sup: Supervisor) -> None:
+    generation = sup.dispatcher("chat").generation
+    frame = sup._final(
+        "chat", DebugRequest(id=0, action="exit0", below_generation=generation + 1), None
+    )
+    assert isinstance(frame, NoopResult)
+    assert "exited with code 0" in {s.role: s for s in sup.status()}["chat"].last_exit
+
+
+def test_worker_killed_while_loading_is_started_again(sup: Supervisor) -> None:
+    dispatcher = sup.dispatcher("chat")
+    before = set(children_of(os.getpid()))
+    done = dispatcher.restart()
+    deadline = time.monotonic() + 30
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        fresh = set(children_of(os.getpid())) - before
+        victim = next(iter(fresh), None)
+        time.sleep(0.005)
+    assert victim is not None, "no new worker appeared"
+    os.kill(victim, signal.SIGKILL)
+    assert done.wait(60)
+    wait_for_state(dispatcher, "ready")
+    assert sup.worker_pid("chat") != victim
+    assert "died while loading the model" in dispatcher.last_exit
+    assert sup.chat("Hi", max_tokens=2).collect().completion_tokens == 2
+
+
+def test_crash_loop_at_load_opens_the_circuit_and_restart_recovers(
+    make_config: Callable[..., SupervisorConfig], tmp_path: Path, model_path: str
+) -> None:
+    model = write_tiny_reranker(tmp_path / "rerank.gguf", duplicate_token=True)
+    config = make_config(
+        {
+            "embed": {},
+            "rerank": {"model": str(model), "n_ctx": 256, "max_restarts": 2},
+        }
+    )
+    with Supervisor(config) as sup:
+        rerank = sup.dispatcher("rerank")
+        wait_for_state(rerank, "failed", timeout=60)
+        status = {s.role: s for s in sup.status()}
+        assert "crashed" in status["rerank"].last_exit or "SIGABRT" in status["rerank"].last_exit
+        started = time.monotonic()
+        with pytest.raises(WorkerUnavailable) as caught:
+            sup.rerank("q", ["d"])
+        assert time.monotonic() - started < 0.5
+        assert "GGML_ASSERT" in caught.value.log_tail  # llama.cpp's own reason
+        assert sup.embed(["other roles serve on"]).shape == (1, 640)
+        # The operator fixes the file and restarts the role.
+        write_tiny_reranker(model)
+        [after] = sup.restart("rerank")
+        assert after.state == "ready"
+        assert len(sup.rerank("bees", ["honey", "rust"])) == 2
+        wait_until(lambda: sup.dispatcher("embed").state == "ready")
