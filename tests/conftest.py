@@ -56,8 +56,12 @@ def make_config(model_path: str, log_root: Path) -> Callable[..., SupervisorConf
 
 @pytest.fixture(scope="session")
 def shared_sup(make_config: Callable[..., SupervisorConfig]) -> Iterator[Supervisor]:
-    """embed + chat on gemma 270M, shared by the tests that leave it healthy."""
-    with Supervisor(make_config()) as sup:
+    """embed + chat on gemma 270M, shared by the tests that leave it healthy.
+
+    Many tests crash its workers on purpose, so its crash circuit is set wide
+    enough never to trip across a session; the circuit has its own tests."""
+    wide = {"max_restarts": 1000}
+    with Supervisor(make_config({"embed": wide, "chat": wide})) as sup:
         yield sup
 
 

@@ -109,13 +109,19 @@ def test_request_that_kills_the_worker_twice_is_a_poison_error(sup: Supervisor) 
     assert sup.chat("hello", max_tokens=3).collect().completion_tokens > 0
 
 
-def test_crash_on_first_attempt_only_is_retried_transparently(sup: Supervisor) -> None:
+@pytest.mark.parametrize(
+    ("action", "exit_text"), [("exit", "exited with code 3"), ("exit0", "exited with code 0")]
+)
+def test_crash_on_first_attempt_only_is_retried_transparently(
+    sup: Supervisor, action: Any, exit_text: str
+) -> None:
+    # exit0: a worker that exits "successfully" out of the blue is a crash all the same.
     generation = sup.dispatcher("chat").generation
     frame = sup._final(
-        "chat", DebugRequest(id=0, action="exit", below_generation=generation + 1), None
+        "chat", DebugRequest(id=0, action=action, below_generation=generation + 1), None
     )
     assert isinstance(frame, NoopResult)
-    assert "exited with code 3" in {s.role: s for s in sup.status()}["chat"].last_exit
+    assert exit_text in {s.role: s for s in sup.status()}["chat"].last_exit
 
 
 def test_handler_errors_are_not_crashes(sup: Supervisor) -> None:

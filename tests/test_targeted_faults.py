@@ -1,4 +1,4 @@
-"""Targeted faults: unexpected exit 0, death during model load, a crash loop at load."""
+"""Targeted faults: death during model load, and a crash loop at load."""
 
 from __future__ import annotations
 
@@ -12,17 +12,7 @@ import pytest
 
 from conftest import children_of, wait_for_state, wait_until
 from lilbee_workers import Supervisor, SupervisorConfig, WorkerUnavailable
-from lilbee_workers.transport.frames import DebugRequest, NoopResult
 from tiny_models import write_tiny_reranker
-
-
-def test_unexpected_exit_code_0_is_a_crash_and_the_call_is_retried(sup: Supervisor) -> None:
-    generation = sup.dispatcher("chat").generation
-    frame = sup._final(
-        "chat", DebugRequest(id=0, action="exit0", below_generation=generation + 1), None
-    )
-    assert isinstance(frame, NoopResult)
-    assert "exited with code 0" in {s.role: s for s in sup.status()}["chat"].last_exit
 
 
 def test_worker_killed_while_loading_is_started_again(sup: Supervisor) -> None:

@@ -79,13 +79,19 @@ def choose_chat_template(llm: Llama, configured: str | None) -> str:
     return f"fallback:{name}"
 
 
-def stream_completion(
+def stream_chat(
     llm: Llama,
     meter: GenerationMeter,
     ctx: RequestContext,
-    stream: Iterator[Any],
+    messages: list[dict[str, Any]],
+    **sampling: Any,
 ) -> ChatResult:
-    """Forward a llama-cpp-python chat stream as ``ChatChunk`` frames; end with the result."""
+    """Run a chat completion, forwarding its text as ``ChatChunk`` frames as it is
+    generated (cancellable at each token); end with the whole result."""
+    meter.cancel = ctx.cancel
+    stream: Iterator[Any] = iter(
+        llm.create_chat_completion(messages=messages, stream=True, **sampling)  # type: ignore[arg-type]
+    )
     pieces: list[str] = []
     finish_reason = "length"
     try:
@@ -143,14 +149,14 @@ class ChatRole(Role):
         messages = check_messages(request.messages)
         check_sampling(request.max_tokens, request.temperature, request.top_p)
         check_seed(request.seed)
-        self.meter.cancel = ctx.cancel
-        stream = self.llm.create_chat_completion(
-            messages=messages,  # type: ignore[arg-type]
-            stream=True,
+        return stream_chat(
+            self.llm,
+            self.meter,
+            ctx,
+            messages,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             stop=list(request.stop),
             seed=request.seed,
         )
-        return stream_completion(self.llm, self.meter, ctx, iter(stream))

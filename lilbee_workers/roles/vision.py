@@ -23,7 +23,7 @@ from lilbee_workers.roles.base import (
     check_seed,
     open_llama,
 )
-from lilbee_workers.roles.chat import GenerationMeter, stream_completion
+from lilbee_workers.roles.chat import GenerationMeter, stream_chat
 from lilbee_workers.transport.frames import Frame, Request, VisionRequest
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class VisionRole(Role):
         check_sampling(request.max_tokens, request.temperature)
         check_seed(request.seed)
         uri = f"data:{mime};base64,{base64.b64encode(request.image).decode('ascii')}"
-        messages = [
+        messages: list[dict[str, Any]] = [
             {
                 "role": "user",
                 "content": [
@@ -97,12 +97,12 @@ class VisionRole(Role):
                 ],
             }
         ]
-        self.meter.cancel = ctx.cancel
-        stream = self.llm.create_chat_completion(
-            messages=messages,  # type: ignore[arg-type]
-            stream=True,
+        return stream_chat(
+            self.llm,
+            self.meter,
+            ctx,
+            messages,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             seed=request.seed,
         )
-        return stream_completion(self.llm, self.meter, ctx, iter(stream))
