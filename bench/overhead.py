@@ -4,8 +4,8 @@
    directly in this process, same model, same settings, same batches. Rounds alternate
    between the two so machine noise hits both alike.
 2. Round trip of a no-op frame through a worker's data pipe (``Supervisor.noop``: codec,
-   dispatcher queue, worker loop) vs a raw ``Pipe.send_bytes`` ping-pong with a spawned
-   echo process.
+   dispatcher, worker loop) vs a raw ``Pipe.send_bytes`` ping-pong with a spawned echo
+   process, in alternating blocks; the ratio is the median of the per-block ratios.
 
 Run: ``python bench/overhead.py [--rounds 6] [--batch 32] [--pings 5000]``
 Targets: embed ratio >= 0.95, no-op ratio <= 1.5.
@@ -20,7 +20,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+
+from lilbee_workers.supervisor import Supervisor
 
 
 def echo(conn: Connection) -> None:
@@ -31,39 +34,57 @@ def echo(conn: Connection) -> None:
             return
 
 
-def raw_pipe_round_trip(pings: int) -> float:
-    """Median seconds per raw send_bytes ping-pong with a spawned echo process."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=echo, args=(child,), daemon=True)
-    proc.start()
+class RawPipe:
+    """A spawned echo process at the far end of a plain ``Pipe``: the baseline."""
+
     payload = b"\x82\xa1k\xa4noop\xa2id\x01"  # the size of a no-op frame
-    for _ in range(200):
-        parent.send_bytes(payload)
-        parent.recv_bytes()
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=echo, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def ping(self) -> None:
+        self.conn.send_bytes(self.payload)
+        self.conn.recv_bytes()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.proc.join(5)
+
+
+def median_round_trip(ping: Callable[[], None], count: int) -> float:
+    """Median seconds of ``count`` calls of ``ping``."""
     samples = []
-    for _ in range(pings):
+    for _ in range(count):
         started = time.perf_counter()
-        parent.send_bytes(payload)
-        parent.recv_bytes()
+        ping()
         samples.append(time.perf_counter() - started)
-    parent.close()
-    proc.join(5)
     return statistics.median(samples)
 
 
-def supervisor_round_trip(sup: object, pings: int) -> float:
-    from lilbee_workers.supervisor import Supervisor
-
-    assert isinstance(sup, Supervisor)
-    for _ in range(200):
-        sup.noop("embed")
-    samples = []
-    for _ in range(pings):
-        started = time.perf_counter()
-        sup.noop("embed")
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+def noop_ratios(sup: Supervisor, pings: int, rounds: int) -> tuple[float, float, float]:
+    """Median no-op round trip through the supervisor and through a raw pipe, in
+    alternating blocks so machine noise hits both alike; and the median of the
+    per-block ratios."""
+    raw = RawPipe()
+    try:
+        for _ in range(300):  # warm both paths
+            raw.ping()
+            sup.noop("embed")
+        block = max(1, pings // rounds)
+        raws, sups, ratios = [], [], []
+        for _ in range(rounds):
+            raw_s = median_round_trip(raw.ping, block)
+            sup_s = median_round_trip(lambda: sup.noop("embed"), block)
+            raws.append(raw_s)
+            sups.append(sup_s)
+            ratios.append(sup_s / raw_s)
+    finally:
+        raw.close()
+    return statistics.median(sups), statistics.median(raws), statistics.median(ratios)
 
 
 def main() -> None:
@@ -79,7 +100,6 @@ def main() -> None:
     from lilbee_workers.config import RoleConfig, SupervisorConfig
     from lilbee_workers.models import default_model_path
     from lilbee_workers.roles.embed import resolve_pooling
-    from lilbee_workers.supervisor import Supervisor
 
     model = default_model_path()
     texts = [
@@ -109,11 +129,9 @@ def main() -> None:
             started = time.perf_counter()
             sup.embed(texts)
             supervisor_rates.append(len(texts) / (time.perf_counter() - started))
-        noop = supervisor_round_trip(sup, args.pings)
-    raw = raw_pipe_round_trip(args.pings)
+        noop, raw, noop_ratio = noop_ratios(sup, args.pings, rounds=10)
 
     embed_ratio = statistics.median(supervisor_rates) / statistics.median(direct_rates)
-    noop_ratio = noop / raw
     report = {
         "embed_texts_per_s_direct": round(statistics.median(direct_rates), 2),
         "embed_texts_per_s_supervisor": round(statistics.median(supervisor_rates), 2),

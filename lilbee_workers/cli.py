@@ -41,7 +41,18 @@ def status_table(statuses: list[RoleStatus]) -> Table:
     table = Table(
         title="lilbee-workers", box=None, pad_edge=False, padding=(0, 1), show_header=True
     )
-    columns = ("role", "state", "pid", "model", "up", "rst", "load", "ok/err", "p50/p99ms", "RSS")
+    columns = (
+        "role",
+        "state",
+        "pid",
+        "model",
+        "up",
+        "restarts",
+        "busy+queued",
+        "ok/err",
+        "p50/p99ms",
+        "RSS",
+    )
     for column in columns:
         width = 12 if column == "model" else None
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=width)

@@ -21,6 +21,7 @@ import msgspec
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
 from lilbee_workers.logfile import tail_lines
+from lilbee_workers.roles.base import RequestContext, Role
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
@@ -231,12 +232,9 @@ def worker_main(
 
 
 def serve(
-    data: PipeChannel, handler: object, state: WorkerState, config: RoleConfig, generation: int
+    data: PipeChannel, handler: Role, state: WorkerState, config: RoleConfig, generation: int
 ) -> None:
     """Read one request, run it, write its reply frames; until the pipe closes."""
-    from lilbee_workers.roles.base import Role
-
-    assert isinstance(handler, Role)
     while True:
         try:
             raw = data.recv_raw()
@@ -263,16 +261,13 @@ def serve(
 
 def run_request(
     request: Request,
-    handler: object,
+    handler: Role,
     state: WorkerState,
     config: RoleConfig,
     generation: int,
     data: PipeChannel,
 ) -> Frame:
     """One request's final frame; handler errors become typed ``ErrorFrame``s."""
-    from lilbee_workers.roles.base import RequestContext, Role
-
-    assert isinstance(handler, Role)
     try:
         if isinstance(request, NoopRequest):
             return NoopResult(id=request.id)
