@@ -128,6 +128,18 @@ class WorkerAPI(ABC):
     def restart(self, role: str = "all", wait: bool = True) -> list[RoleStatus]:
         """Gracefully restart a role (or ``all``): drain, stop, start."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release what this object holds (workers, or connections to the daemon)."""
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def _final(self, role: str, request: Request, timeout: float | None) -> AnyFrame:
         return self._open(role, request, timeout).next_frame(timeout)
 

@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 from pathlib import Path
-from types import TracebackType
 
 import msgspec
 
@@ -142,14 +141,6 @@ class Client(WorkerAPI):
 
     def __enter__(self) -> Client:
         return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ API
 
