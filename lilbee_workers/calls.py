@@ -33,6 +33,7 @@ class Call:
         self.expires_at = None if timeout is None else self.enqueued_at + timeout
         self.timed_out = False
         self.chunks_delivered = 0
+        self.retried = False
         self.cancelled = False
         self.finished = False
         self._replies: queue.SimpleQueue[AnyFrame | WorkerError] = queue.SimpleQueue()

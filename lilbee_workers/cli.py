@@ -39,23 +39,15 @@ def _group() -> None:
 
 def status_table(statuses: list[RoleStatus]) -> Table:
     table = Table(
-        title="lilbee-workers", box=None, pad_edge=False, padding=(0, 1), show_header=True
+        title="lilbee-workers", box=None, pad_edge=False, padding=(0, 1, 0, 0), show_header=True
     )
-    columns = (
-        "role",
-        "state",
-        "pid",
-        "model",
-        "up",
-        "restarts",
-        "busy+queued",
-        "ok/err",
-        "p50/p99ms",
-        "RSS",
-    )
-    for column in columns:
-        width = 12 if column == "model" else None
-        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=width)
+    for column in ("role", "state", "pid", "model", "up", "restarts", "run+q", "ok/err"):
+        if column == "model":  # the column that gives way on a narrow terminal
+            table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=6, max_width=12)
+        else:
+            table.add_column(column, no_wrap=True, min_width=len(column))
+    table.add_column("p50/p99ms", no_wrap=True)
+    table.add_column("RSS", no_wrap=True)
     exits = []
     for s in statuses:
         p50 = "-" if s.p50_ms is None else f"{s.p50_ms:.0f}"
@@ -70,13 +62,19 @@ def status_table(statuses: list[RoleStatus]) -> Table:
             f"{s.in_flight}+{s.queued}",
             f"{s.served}/{s.errors}",
             f"{p50}/{p99}",
-            f"{s.rss_bytes / 2**20:.0f}M",
+            _size(s.rss_bytes),
         )
         if s.last_exit:
             exits.append(f"{s.role}: {s.last_exit}")
     if exits:
         table.caption = "last exit - " + "; ".join(exits)
     return table
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 2**30:
+        return f"{n_bytes / 2**30:.1f}G"
+    return f"{n_bytes / 2**20:.0f}M"
 
 
 def _duration(seconds: float) -> str:

@@ -96,6 +96,8 @@ class RoleDispatcher:
         self.restarts = 0
         self.served = 0
         self.errors = 0
+        self.retried = 0
+        self.retried_ok = 0
         self.latencies_ms: deque[float] = deque(maxlen=1024)
         self.started = threading.Event()
         self._calls: deque[Call] = deque()
@@ -202,6 +204,8 @@ class RoleDispatcher:
             in_flight=1 if isinstance(self._holder, Call) else 0,
             queued=len(self._calls),
             served=self.served,
+            retried=self.retried,
+            retried_ok=self.retried_ok,
             errors=self.errors,
             p50_ms=_percentile(latencies, 0.50),
             p99_ms=_percentile(latencies, 0.99),
@@ -328,6 +332,8 @@ class RoleDispatcher:
                 self._respawn()
                 return
             attempt += 1
+            call.retried = True
+            self.retried += 1
             log.warning("retrying call on a fresh worker", role=self.role, reason=failure)
             if not self._respawn():
                 self.errors += 1
@@ -392,6 +398,8 @@ class RoleDispatcher:
                             self.errors += 1
                         else:
                             self.served += 1
+                            if call.retried:
+                                self.retried_ok += 1
                         call.finish(frame)
                         return None
                 elif dead:

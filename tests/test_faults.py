@@ -64,6 +64,7 @@ def kill_when_busy(
 def test_sigkill_mid_embed_is_retried_once_with_the_right_answer(sup: Supervisor) -> None:
     reference = sup.embed(TEXTS)
     before = restarts(sup, "embed")
+    retried_before = sup.dispatcher("embed").status().retried_ok
     old_pid = sup.worker_pid("embed")
     killer = kill_when_busy(sup, "embed", signal.SIGKILL, delay=0.3)
     vectors = sup.embed(TEXTS)
@@ -74,6 +75,7 @@ def test_sigkill_mid_embed_is_retried_once_with_the_right_answer(sup: Supervisor
     assert not pid_alive(old_pid)  # type: ignore[arg-type]
     status = {s.role: s for s in sup.status()}["embed"]
     assert "SIGKILL" in status.last_exit and status.state == "ready"
+    assert status.retried_ok == retried_before + 1
 
 
 def test_sigstop_is_seen_within_heartbeat_timeout_and_the_call_retried(sup: Supervisor) -> None:

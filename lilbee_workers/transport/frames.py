@@ -263,6 +263,10 @@ class RoleStatus(msgspec.Struct):
     queued: int = 0
     served: int = 0
     errors: int = 0
+    retried: int = 0
+    """Calls re-run on a fresh worker after their worker died or hung under them."""
+    retried_ok: int = 0
+    """Of those, the ones that then got their answer."""
     p50_ms: float | None = None
     p99_ms: float | None = None
     rss_bytes: int = 0

@@ -250,6 +250,8 @@ def run_soak(
         tally.outcomes["fd_after"] = fd_after
         assert fd_after <= fd_baseline, f"fds leaked: {fd_baseline} -> {fd_after}"
         tally.outcomes["restarts"] = sum(s.restarts for s in statuses)
+        tally.outcomes["retried"] = sum(s.retried for s in statuses)
+        tally.outcomes["retried_ok"] = sum(s.retried_ok for s in statuses)
     finally:
         assert daemon.stop() == 0
     gone_by = time.monotonic() + 2
@@ -269,6 +271,7 @@ def report(tally: Tally, elapsed: float) -> str:
         "chaos soak",
         f"  requests        {ok + sum(typed.values()) + len(tally.wrong) + len(tally.untyped)}",
         f"  ok (right)      {ok}",
+        f"  retried-ok      {tally.outcomes['retried_ok']} of {tally.outcomes['retried']} retried",
         f"  typed errors    {typed or 0}",
         f"  wrong answers   {len(tally.wrong)}",
         f"  untyped errors  {len(tally.untyped)}",
@@ -297,6 +300,7 @@ def test_chaos_soak_short(
     assert not tally.wrong, tally.wrong[:5]
     assert not tally.late, tally.late[:5]
     assert tally.kills + tally.stops >= 10
+    assert tally.outcomes["retried_ok"] >= 1  # kills landed mid-call and the retry answered
     assert tally.outcomes["ok"] >= 250  # most requests survive the chaos
 
 
