@@ -153,6 +153,8 @@ class RoleDispatcher:
                 raise self._unavailable()
             if len(self._calls) < self.config.queue_size:
                 return
+            if self._drop_cancelled():
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Overloaded(
@@ -164,6 +166,15 @@ class RoleDispatcher:
                 self._cond.wait(remaining)
             finally:
                 self._room_waiters -= 1
+
+    def _drop_cancelled(self) -> bool:
+        """Under the lock: answer and remove queued calls whose callers gave up (so they
+        no longer take queue room). True if any were removed."""
+        cancelled = [call for call in self._calls if call.cancelled]
+        for call in cancelled:
+            self._calls.remove(call)
+            call.fail(call.cancelled_error())
+        return bool(cancelled)
 
     def restart(self, config: RoleConfig | None = None) -> threading.Event:
         """Graceful restart after the call in flight (optionally with a new config);

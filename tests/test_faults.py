@@ -18,6 +18,7 @@ import pytest
 
 from conftest import pid_alive, wait_for_state, wait_until
 from lilbee_workers import (
+    Cancelled,
     InvalidRequest,
     Overloaded,
     Supervisor,
@@ -279,11 +280,16 @@ def test_full_queue_answers_overloaded(make_config: Callable[..., SupervisorConf
     with Supervisor(make_config({"chat": {"queue_size": 1}})) as sup:
         busy = sup._open("chat", DebugRequest(id=0, action="sleep", seconds=3), None)
         wait_until(lambda: sup.dispatcher("chat").status().in_flight == 1, what="in flight")
-        queued = sup._open("chat", DebugRequest(id=0, action="sleep", seconds=0), None)
+        abandoned = sup._open("chat", DebugRequest(id=0, action="sleep", seconds=0), None)
         with pytest.raises(Overloaded, match="queue is full"):
             sup._open("chat", DebugRequest(id=0, action="sleep", seconds=0), None)
+        # A queued caller that gives up frees its place at once, not when its turn comes.
+        abandoned.cancel()
+        admitted = sup._open("chat", DebugRequest(id=0, action="sleep", seconds=0), None)
+        with pytest.raises(Cancelled):
+            abandoned.next_frame(1)
         busy.cancel()
-        assert isinstance(queued.next_frame(10), NoopResult)
+        assert isinstance(admitted.next_frame(10), NoopResult)
 
 
 def test_close_leaves_no_worker_behind(make_config: Callable[..., SupervisorConfig]) -> None:
