@@ -92,6 +92,18 @@ class Call:
             raise error_from_frame(item)
         return item
 
+    def wait_frame(self, timeout: float) -> AnyFrame | None:
+        """Like ``next_frame``, but None when ``timeout`` runs out (the call goes on)."""
+        try:
+            item = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, WorkerError):
+            raise item
+        if isinstance(item, ErrorFrame):
+            raise error_from_frame(item)
+        return item
+
     def cancel(self) -> None:
         """Give up on the call: a queued call is skipped, a running one stops at the
         worker's next token."""

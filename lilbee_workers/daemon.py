@@ -50,6 +50,9 @@ from lilbee_workers.transport.frames import (
     VisionRequest,
 )
 
+_CLIENT_CHECK_S = 0.2
+"""How often a connection waiting on a call checks that its client is still there."""
+
 log = structlog.get_logger("lilbee_workers.daemon")
 
 _ROLE_OF: dict[type, str] = {
@@ -58,7 +61,6 @@ _ROLE_OF: dict[type, str] = {
     RerankRequest: "rerank",
     VisionRequest: "vision",
 }
-_STREAMING = (ChatRequest, VisionRequest)
 _PEERCRED = struct.Struct("3i")
 
 
@@ -293,17 +295,21 @@ class Daemon:
         with self._lock:
             self._active += 1
         try:
-            if isinstance(request, _STREAMING):
-                call = self.supervisor._open(role, request, None)
-                while True:
-                    reply = call.next_frame(None)
-                    if not self._send_quietly(channel, _with_id(reply, client_id)):
-                        call.cancel()  # the client went away mid-stream
+            call = self.supervisor.dispatcher(role).submit(
+                request, self.supervisor.queue_wait_s, None
+            )
+            while True:
+                reply = call.wait_frame(_CLIENT_CHECK_S)
+                if reply is None:  # still queued or running: is the client still there?
+                    if _client_gone(channel):
+                        call.cancel()  # it went away: skip or stop the call
                         return False
-                    if isinstance(reply, FINAL_REPLIES):
-                        return True
-            reply = self.supervisor._final(role, request, None)
-            return self._send_quietly(channel, _with_id(reply, client_id))
+                    continue
+                if not self._send_quietly(channel, _with_id(reply, client_id)):
+                    call.cancel()  # the client went away mid-stream
+                    return False
+                if isinstance(reply, FINAL_REPLIES):
+                    return True
         except WorkerError as exc:
             return self._send_quietly(channel, exc.to_frame(client_id))
         finally:
@@ -317,6 +323,16 @@ class Daemon:
             channel.send(frame)
         except (OSError, ProtocolError):
             return False
+        return True
+
+
+def _client_gone(channel: SocketChannel) -> bool:
+    """True when the client has closed its end (EOF or an error waiting to be read)."""
+    try:
+        return channel.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # connected, nothing sent: still waiting for its answer
+    except OSError:
         return True
 
 

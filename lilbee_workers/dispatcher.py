@@ -213,7 +213,7 @@ class RoleDispatcher:
             restarts=self.restarts,
             last_exit=self.failed_reason if self.state == "failed" else self.last_exit,
             in_flight=1 if isinstance(self._holder, Call) else 0,
-            queued=len(self._calls),
+            queued=sum(not call.cancelled for call in self._calls),
             served=self.served,
             retried=self.retried,
             retried_ok=self.retried_ok,

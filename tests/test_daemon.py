@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 from conftest import FAST, pid_alive
 from daemon_helpers import DaemonProcess, write_config
-from lilbee_workers import Client
+from lilbee_workers import Client, WorkerTimeout
 from lilbee_workers.cli import app
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel
@@ -188,6 +189,35 @@ def test_disconnect_mid_stream_cancels_and_the_daemon_carries_on(daemon: DaemonP
     with Client(daemon.socket) as other:
         assert other.chat("Hi", max_tokens=2).collect().completion_tokens == 2
     assert time.monotonic() - started < 10
+
+
+def test_client_that_times_out_while_queued_is_never_served(daemon: DaemonProcess) -> None:
+    # The daemon watches a waiting client's socket: one that gives up is dropped from
+    # the queue at once, so it takes no queue room and costs the worker nothing.
+    with Client(daemon.socket) as busy_client, Client(daemon.socket) as impatient:
+
+        def embed_status() -> Any:
+            return {s.role: s for s in impatient.status()}["embed"]
+
+        served_before = embed_status().served
+        long_texts = [f"bees {i} " * 30 for i in range(6)]  # a few seconds of work
+        worker = threading.Thread(target=busy_client.embed, args=(long_texts,))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while embed_status().in_flight != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(WorkerTimeout):
+            impatient.embed(["patience"], timeout=0.3)
+        deadline = time.monotonic() + 3
+        while embed_status().queued and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert embed_status().queued == 0  # dropped before its turn came
+        assert embed_status().in_flight == 1  # while the long call still runs
+        worker.join(120)
+        deadline = time.monotonic() + 5
+        while embed_status().in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert embed_status().served == served_before + 1  # only the long call ran
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
