@@ -15,8 +15,6 @@ from lilbee_workers.transport.frames import (
     Request,
 )
 
-_END = object()
-
 
 class Call:
     """A request queued on a role, and the replies coming back to its caller.
@@ -81,18 +79,13 @@ class Call:
     def next_frame(self, timeout: float | None) -> AnyFrame:
         """The next chunk or the final frame; raises the call's error, or
         ``WorkerTimeout`` (after cancelling the call) when ``timeout`` runs out."""
-        try:
-            item = self._replies.get(timeout=timeout)
-        except queue.Empty:
+        frame = self.wait_frame(timeout)
+        if frame is None:
             self.cancel()
-            raise self._timeout_error() from None
-        if isinstance(item, WorkerError):
-            raise item
-        if isinstance(item, ErrorFrame):
-            raise error_from_frame(item)
-        return item
+            raise self._timeout_error()
+        return frame
 
-    def wait_frame(self, timeout: float) -> AnyFrame | None:
+    def wait_frame(self, timeout: float | None) -> AnyFrame | None:
         """Like ``next_frame``, but None when ``timeout`` runs out (the call goes on)."""
         try:
             item = self._replies.get(timeout=timeout)
