@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -9,7 +10,12 @@ from typing import Literal
 import msgspec
 
 from lilbee_workers.errors import ConfigError
+from lilbee_workers.logfile import MAX_LOG_BYTES
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
+
+MAX_SECONDS = 7 * 24 * 3600.0
+"""Longest duration any ``*_s`` key accepts (a week): past it a value is a typo, and
+an infinite one breaks the timers that use it."""
 
 ROLE_KINDS = ("embed", "chat", "rerank", "vision")
 """The roles a supervisor can run, one worker each."""
@@ -29,6 +35,10 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     n_ubatch: int = 512
     pooling: Pooling = "auto"
     """embed: ``auto`` uses the model's own pooling, or mean pooling if it has none."""
+    prompt_cache: bool = False
+    """chat/vision: reuse the previous call's matching prompt prefix (faster for long
+    shared prompts). Off by default: with it on, an answer can depend on what the worker
+    served before (greedy decoding may differ), so a retry may not repeat the first try."""
     chat_format: str | None = None
     """chat/vision: a llama-cpp-python chat format name; unset uses the model's template."""
     mmproj: str | None = None
@@ -76,6 +86,15 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         for key, seconds in times.items():
             if not seconds > 0:
                 raise ConfigError(f"{where}.{key} must be > 0 seconds, got {seconds}")
+        durations = {
+            **times,
+            "cancel_grace_s": self.cancel_grace_s,
+            "restart_backoff_s": self.restart_backoff_s,
+            "restart_backoff_max_s": self.restart_backoff_max_s,
+            "failed_cooldown_s": self.failed_cooldown_s,
+        }
+        for key, seconds in durations.items():
+            check_duration(f"{where}.{key}", seconds)
         if self.max_restarts < 0:
             raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model:
@@ -103,6 +122,9 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     socket_mode: int = 0o600
     socket_group: str = ""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    log_max_bytes: int = MAX_LOG_BYTES
+    """A role log past this size is moved to ``<role>.log.1`` (by the worker itself,
+    between requests, and at each worker start)."""
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
     drain_timeout_s: float = 30.0
@@ -119,6 +141,9 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
             role_config.validate(role)
         if self.max_frame_bytes < 1024:
             raise ConfigError(f"max_frame_bytes must be >= 1024, got {self.max_frame_bytes}")
+        if self.log_max_bytes < 4096:
+            raise ConfigError(f"log_max_bytes must be >= 4096, got {self.log_max_bytes}")
+        check_duration("drain_timeout_s", self.drain_timeout_s)
         return self
 
     def resolved_log_dir(self) -> Path:
@@ -129,6 +154,14 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 
     def resolved_socket(self) -> Path:
         return Path(os.path.expanduser(self.socket or default_socket_path()))
+
+
+def check_duration(key: str, seconds: float) -> None:
+    """A duration must be a finite number of seconds in [0, a week]."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise ConfigError(
+            f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, got {seconds}"
+        )
 
 
 def default_socket_path() -> str:

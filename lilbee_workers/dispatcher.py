@@ -28,9 +28,10 @@ from lilbee_workers.errors import (
     InvalidRequest,
     Overloaded,
     ProtocolError,
+    WorkerError,
     WorkerUnavailable,
 )
-from lilbee_workers.logfile import role_log_path
+from lilbee_workers.logfile import MAX_LOG_BYTES, role_log_path
 from lilbee_workers.process import WorkerProcess
 from lilbee_workers.recovery import RestartPolicy, StartFailed
 from lilbee_workers.transport.frames import (
@@ -80,11 +81,19 @@ runs on a worker that is being replaced."""
 class RoleDispatcher:
     """Owns one role: its queue, its worker process, its recovery and its counters."""
 
-    def __init__(self, role: str, config: RoleConfig, log_dir: Path, max_frame_bytes: int):
+    def __init__(
+        self,
+        role: str,
+        config: RoleConfig,
+        log_dir: Path,
+        max_frame_bytes: int,
+        log_max_bytes: int = MAX_LOG_BYTES,
+    ):
         self.role = role
         self.config = config
         self.log_path = role_log_path(log_dir, role)
         self.max_frame_bytes = max_frame_bytes
+        self.log_max_bytes = log_max_bytes
         self.policy = RestartPolicy(config)
         self.state = "stopped"
         self.worker: WorkerProcess | None = None
@@ -98,6 +107,7 @@ class RoleDispatcher:
         self.errors = 0
         self.retried = 0
         self.retried_ok = 0
+        self.internal_errors = 0
         self.latencies_ms: deque[float] = deque(maxlen=1024)
         self.started = threading.Event()
         self._calls: deque[Call] = deque()
@@ -127,13 +137,16 @@ class RoleDispatcher:
         return call
 
     def run_now(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
-        """Run a call to its final frame. When the role is idle the caller's thread does
-        the pipe I/O itself; otherwise the call queues like ``submit``. Returns the
-        finished call."""
+        """Run a call to its final frame. When the role is idle and the caller set no
+        timeout, the caller's thread does the pipe I/O itself; otherwise the call queues
+        like ``submit`` (so a caller with a timeout gets ``WorkerTimeout`` at its own
+        deadline, while the dispatcher thread winds the worker down). Returns the call."""
         call = Call(self.role, request, timeout)
         with self._cond:
             self._admit(block_s)
-            inline = self._holder is None and not self._calls and not self._controls
+            inline = (
+                timeout is None and self._holder is None and not self._calls and not self._controls
+            )
             if inline:
                 self._holder = call
             else:
@@ -199,10 +212,14 @@ class RoleDispatcher:
         return not self._thread.is_alive()
 
     def status(self) -> RoleStatus:
+        """A snapshot, safe from any thread (the queue and counters are read under the lock)."""
+        with self._cond:
+            latencies = sorted(self.latencies_ms)
+            queued = sum(not call.cancelled for call in self._calls)
+            in_flight = 1 if isinstance(self._holder, Call) else 0
         worker = self.worker
         pong = worker.last_pong if worker is not None else None
         ready = worker.ready if worker is not None else None
-        latencies = sorted(self.latencies_ms)
         alive = worker is not None and self.state in ("ready", "busy")
         return RoleStatus(
             role=self.role,
@@ -212,8 +229,8 @@ class RoleDispatcher:
             uptime_s=round(worker.uptime(), 3) if alive and worker is not None else 0.0,
             restarts=self.restarts,
             last_exit=self.failed_reason if self.state == "failed" else self.last_exit,
-            in_flight=1 if isinstance(self._holder, Call) else 0,
-            queued=sum(not call.cancelled for call in self._calls),
+            in_flight=in_flight,
+            queued=queued,
             served=self.served,
             retried=self.retried,
             retried_ok=self.retried_ok,
@@ -243,25 +260,53 @@ class RoleDispatcher:
     # ================================================================== dispatcher thread
 
     def _run(self) -> None:
-        self._start_worker(after_crash=False)
-        self.started.set()
-        self._release()
+        try:
+            self._start_worker(after_crash=False)
+        finally:
+            self.started.set()
+            self._release()
         while True:
             item = self._next_item()
-            if isinstance(item, _Close):
-                self._shut_down()
-                return
-            if isinstance(item, _Respawn):  # asked by the call holding the role
+            try:
+                if isinstance(item, _Close):
+                    self._shut_down()
+                    return
+                self._handle(item)
+            except Exception as exc:
+                # Nothing may end this thread but close: log, count, answer what was
+                # waiting on this step, and go on serving.
+                self.internal_errors += 1
+                log.exception("dispatcher step failed", role=self.role, step=type(item).__name__)
+                if isinstance(item, Call) and not item.finished:
+                    item.fail(WorkerError(f"{self.role}: internal error: {exc!r}", role=self.role))
+                if isinstance(item, _Close):
+                    return
+
+    def _handle(self, item: _Control | Call) -> None:
+        """One step of the dispatcher thread. Every waiter is released even if it fails."""
+        if isinstance(item, _Respawn):  # asked by the call holding the role
+            try:
                 item.ok = self._has_live_worker() or self._start_worker(after_crash=True)
+            finally:
                 item.done.set()
-            elif isinstance(item, _Restart):
+        elif isinstance(item, _Restart):
+            try:
                 self._graceful_restart(item)
+            finally:
+                item.done.set()
                 self._release()
-            elif isinstance(item, _WorkerExited):
+        elif isinstance(item, _WorkerExited):
+            try:
                 self._on_idle_exit(item.worker)
+            finally:
                 self._release()
-            else:
-                self._serve(item)
+        elif isinstance(item, Call):
+            self._serve(item)
+
+    def healthy(self) -> bool:
+        """The dispatcher thread runs, and the current worker (if any) is watched."""
+        worker = self.worker
+        return self._thread.is_alive() and (worker is None or worker.monitoring())
 
     def _release(self) -> None:
         """Free the role for the next call."""
@@ -308,7 +353,8 @@ class RoleDispatcher:
             else:
                 self._run_call(call)
         finally:
-            self.latencies_ms.append((time.monotonic() - started) * 1000.0)
+            with self._cond:
+                self.latencies_ms.append((time.monotonic() - started) * 1000.0)
             self._release()
 
     def _run_call(self, call: Call) -> None:
@@ -380,7 +426,9 @@ class RoleDispatcher:
                     worker.kill(f"ignored cancel for {self.config.cancel_grace_s:g}s")
                     call.fail(call.cancelled_error())
                     worker.join(5)
-                    self._retire(worker, worker.exit_description())
+                    # Killed because its caller gave up, not because it failed: no
+                    # count toward the circuit, or timeouts would fail the role for all.
+                    self._retire(worker, worker.exit_description(), crashed=False)
                     self._respawn()
                     return None
                 if now >= deadline:
@@ -473,6 +521,10 @@ class RoleDispatcher:
         except ConfigError as exc:
             self._fail(str(exc), "")
             return False
+        except Exception as exc:  # EMFILE, ENOMEM, a log dir gone: say so, do not die
+            log.exception("worker start failed", role=self.role)
+            self._fail(f"could not start a worker: {type(exc).__name__}: {exc}", "")
+            return False
         self.state = "ready"
         self.failed_reason = ""
         return True
@@ -492,22 +544,25 @@ class RoleDispatcher:
             self.generation,
             self.max_frame_bytes,
             on_exit=lambda gone: self._post(_WorkerExited(gone)),
+            log_max_bytes=self.log_max_bytes,
         )
         try:
-            worker.start()
+            worker.start(abandon=lambda: self._closing)
         except StartFailed as exc:
             self.last_exit = exc.message
             log.error("worker failed to start", role=self.role, reason=exc.message)
             raise
         return worker
 
-    def _retire(self, worker: WorkerProcess, reason: str) -> None:
-        """Account for a worker that died or was killed under a call."""
+    def _retire(self, worker: WorkerProcess, reason: str, crashed: bool = True) -> None:
+        """Account for a worker that died or was killed under a call (``crashed``:
+        it failed on its own, which counts toward the circuit breaker)."""
         if not worker.alive():
             worker.join(1)
         worker.close_data()
         self.restarts += 1
-        self.policy.record_crash()
+        if crashed:
+            self.policy.record_crash()
         self.last_exit = reason
         self.state = "crashed"
         log.warning("worker lost", role=self.role, reason=reason)

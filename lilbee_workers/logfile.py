@@ -6,19 +6,20 @@ import os
 from pathlib import Path
 
 MAX_LOG_BYTES = 10 * 1024 * 1024
-"""A role log over this size is rotated to ``.1`` when a worker starts."""
+"""Default size past which a role log is rotated to ``.1`` (at worker start, and by
+the worker itself between requests)."""
 
 
 def role_log_path(log_dir: Path, role: str) -> Path:
     return log_dir / f"{role}.log"
 
 
-def rotate_if_large(path: Path) -> None:
+def rotate_if_large(path: Path, max_bytes: int = MAX_LOG_BYTES) -> None:
     try:
-        if path.stat().st_size > MAX_LOG_BYTES:
+        if path.is_file() and path.stat().st_size > max_bytes:
             os.replace(path, path.with_suffix(path.suffix + ".1"))
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # a log we cannot rotate is still written to (or its writes dropped)
 
 
 def tail_lines(path: str | os.PathLike[str], count: int = 20, max_bytes: int = 64 * 1024) -> str:

@@ -1,27 +1,36 @@
-"""One worker process, one generation: spawn, wait for READY, watch its health, stop it.
+"""One worker process, one generation: start it, wait for READY, watch its health, stop it.
+
+A worker is started as ``python -m lilbee_workers.child`` with its two socket pairs
+passed as file descriptors, not through ``multiprocessing``: the parent's ``__main__``
+is never re-imported, so a script without an ``if __name__ == "__main__"`` guard, or a
+notebook, can run a supervisor. Death is seen at once through a pidfd (the process's
+own file descriptor, readable when it exits, and a race-free way to signal it).
 
 The health monitor thread pings the worker's heartbeat thread; a missed deadline means
-the process is stopped or wedged, so the monitor kills it and records why. Death itself
-is seen at once through the process sentinel by whoever waits on it.
+the process is stopped or wedged, so the monitor kills it and records why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import multiprocessing
 import os
 import select
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
+import lilbee_workers
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.logfile import rotate_if_large, tail_lines
@@ -35,11 +44,31 @@ from lilbee_workers.transport.frames import (
     Ready,
     Shutdown,
     ShutdownAck,
+    WorkerBoot,
 )
-from lilbee_workers.worker import worker_main
 
-_spawn = multiprocessing.get_context("spawn")
 log = structlog.get_logger("lilbee_workers.process")
+
+_PACKAGE_ROOT = str(Path(lilbee_workers.__file__).resolve().parent.parent)
+_START_POLL_S = 0.2  # how often a loading worker's wait re-checks for shutdown
+_STANDARD_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def standard_level(level: int) -> int:
+    """The nearest standard logging level at or below ``level`` (structlog knows no
+    others: a worker's custom level 25 must not break the monitor)."""
+    return max((known for known in _STANDARD_LEVELS if known <= level), default=logging.DEBUG)
+
+
+def worker_environment() -> dict[str, str]:
+    """The parent's environment, with this package importable and ggml quiet on abort."""
+    env = dict(os.environ)
+    paths = [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # On an abort, ggml would attach gdb to print a backtrace: slow, and it buries
+    # llama.cpp's own assert message (the line users need) under the backtrace.
+    env.setdefault("GGML_NO_BACKTRACE", "1")
+    return env
 
 
 class WorkerProcess:
@@ -54,6 +83,7 @@ class WorkerProcess:
         generation: int,
         max_frame_bytes: int,
         on_exit: Callable[[WorkerProcess], None] = lambda worker: None,
+        log_max_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         self.role = role
         self.config = config
@@ -61,6 +91,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.generation = generation
         self.max_frame_bytes = max_frame_bytes
+        self.log_max_bytes = log_max_bytes
         self.on_exit = on_exit
         self.ready: Ready | None = None
         self.last_pong: Pong | None = None
@@ -68,73 +99,102 @@ class WorkerProcess:
         self.started_at = time.monotonic()
         self._ack = threading.Event()
         self._stopping = False
-        self._process: Any = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self._pid = 0
-        self._sentinel = -1
+        self._pidfd = -1
         self._exitcode: int | None = None
+        self._monitor_thread: threading.Thread | None = None
         # Set by the monitor thread, the only thread that reaps the process, once the
-        # exit code is known and the Process (and its spawn pipes) is closed.
+        # exit code is known and the pidfd is closed.
         self._exited = threading.Event()
         self._reap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> Ready:
-        """Spawn the worker and wait for READY; ``StartFailed`` if it never comes."""
-        rotate_if_large(self.log_path)
-        parent_data, child_data = _spawn.Pipe()
-        parent_health, child_health = _spawn.Pipe()
-        self._process = _spawn.Process(
-            target=worker_main,
-            name=f"lilbee-workers-{self.role}",
-            args=(
-                self.role,
-                msgspec.msgpack.encode(self.config),
-                self.model_path,
-                str(self.log_path),
-                child_data,
-                child_health,
-                os.getpid(),
-                self.generation,
-                self.max_frame_bytes,
-            ),
-            daemon=True,
-        )
-        self._process.start()
-        self._pid = int(self._process.pid)
-        self._sentinel = int(self._process.sentinel)
-        child_data.close()
-        child_health.close()
-        self.data = PipeChannel(parent_data, self.max_frame_bytes)
-        self.health = PipeChannel(parent_health, self.max_frame_bytes)
+    def start(self, abandon: Callable[[], bool] = lambda: False) -> Ready:
+        """Start the worker and wait for READY; ``StartFailed`` if it never comes, at
+        once when it dies while loading, or within a moment of ``abandon()`` turning
+        true (the supervisor is closing)."""
+        rotate_if_large(self.log_path, self.log_max_bytes)
+        data_parent, data_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        health_parent, health_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with open(self.log_path, "ab") as log_file:
+                fds = (data_child.fileno(), health_child.fileno())
+                self._popen = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "lilbee_workers.child",
+                        *map(str, fds),
+                        str(os.getpid()),
+                    ],
+                    pass_fds=fds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    env=worker_environment(),
+                )
+        except OSError as exc:
+            for sock in (data_parent, health_parent):
+                sock.close()
+            raise StartFailed(f"cannot start a {self.role} worker: {exc}", crashed=False) from None
+        finally:
+            data_child.close()
+            health_child.close()
+        self._pid = self._popen.pid
+        self._pidfd = os.pidfd_open(self._pid)
+        self.data = PipeChannel(Connection(data_parent.detach()), self.max_frame_bytes)
+        self.health = PipeChannel(Connection(health_parent.detach()), self.max_frame_bytes)
         # One poller for the data pipe and the death sentinel, reused by every call
         # (only the thread holding the role waits on it).
         self._poller = select.poll()
-        self._poller.register(parent_data.fileno(), select.POLLIN)
-        self._poller.register(self.sentinel, select.POLLIN)
-        self._data_fd = parent_data.fileno()
+        self._poller.register(self.data.conn.fileno(), select.POLLIN)
+        self._poller.register(self._pidfd, select.POLLIN)
+        self._data_fd = self.data.conn.fileno()
         self.started_at = time.monotonic()
         log.info("worker spawned", role=self.role, pid=self.pid, generation=self.generation)
-        threading.Thread(
+        self._monitor_thread = threading.Thread(
             target=self._monitor, name=f"health-{self.role}-{self.pid}", daemon=True
-        ).start()
-        self.ready = self._await_ready()
+        )
+        self._monitor_thread.start()
+        try:
+            self.data.send(
+                WorkerBoot(
+                    role=self.role,
+                    config=msgspec.msgpack.encode(self.config),
+                    model_path=self.model_path,
+                    log_path=str(self.log_path),
+                    generation=self.generation,
+                    max_frame_bytes=self.max_frame_bytes,
+                    log_max_bytes=self.log_max_bytes,
+                )
+            )
+        except (OSError, ValueError):
+            pass  # it died already: the wait below says how
+        self.ready = self._await_ready(abandon)
         return self.ready
 
-    def _await_ready(self) -> Ready:
+    def _await_ready(self, abandon: Callable[[], bool]) -> Ready:
         deadline = time.monotonic() + self.config.start_timeout_s
+        watched: list[Any] = [self.data.conn, self.sentinel]
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.kill(f"did not load within {self.config.start_timeout_s}s")
+                self.kill(f"did not load within {self.config.start_timeout_s:g}s")
                 self.join(5)
                 raise StartFailed(self.exit_description(), crashed=True, log_tail=self.log_tail())
-            ready = wait([self.data.conn, self.sentinel], timeout=remaining)
+            if abandon():
+                self.kill("stopped while loading: the supervisor is closing")
+                self.join(5)
+                raise StartFailed(f"{self.role} is shutting down", crashed=False)
+            ready = wait(watched, timeout=min(remaining, _START_POLL_S))
             if self.data.conn in ready:
                 try:
                     frame = self.data.recv()
                 except (EOFError, OSError, ProtocolError):
-                    continue  # the sentinel tells what happened
+                    watched = [self.sentinel]  # it is going: the sentinel says how
+                    continue
                 if isinstance(frame, Ready):
                     return frame
                 if isinstance(frame, LoadFailed):
@@ -152,6 +212,25 @@ class WorkerProcess:
     # ------------------------------------------------------------------ health
 
     def _monitor(self) -> None:
+        """The health thread: watch, then reap and report the exit. It never dies on an
+        unexpected error: it logs it and kills the worker (a worker nobody watches
+        for hangs must not keep serving), then still reaps it."""
+        try:
+            self._watch()
+        except Exception as exc:
+            log.exception("health monitor failed; killing the worker", role=self.role, pid=self.pid)
+            self.kill(f"health monitor failed: {type(exc).__name__}: {exc}")
+        try:
+            self._reap()
+            self.health.close()  # this thread is the health pipe's only reader
+            log.info("worker exited", role=self.role, pid=self.pid, reason=self.exit_description())
+        finally:
+            self._exited.set()
+            self.on_exit(self)
+
+    def _watch(self) -> None:
+        """Ping on schedule, read pongs and log records, kill on a missed deadline;
+        return once the process is gone."""
         interval = self.config.heartbeat_interval_s
         timeout = self.config.heartbeat_timeout_s
         seq = 0
@@ -178,18 +257,12 @@ class WorkerProcess:
                         next_ping = now + interval
                     self.last_pong = frame
                 elif isinstance(frame, LogRecord):
-                    log.log(
-                        frame.level,
-                        frame.message,
-                        role=self.role,
-                        pid=self.pid,
-                        source=frame.logger,
-                    )
+                    self._relay(frame)
                 elif isinstance(frame, ShutdownAck):
                     self._ack.set()
                 continue
             if self.sentinel in ready:
-                break
+                return
             if self._stopping:
                 continue
             if awaiting_since is not None and now - awaiting_since >= timeout:
@@ -206,10 +279,24 @@ class WorkerProcess:
                     watched = [self.sentinel]
                     continue
                 awaiting_since = now
-        self._reap()
-        self.health.close()  # this thread is the health pipe's only reader
-        log.info("worker exited", role=self.role, pid=self.pid, reason=self.exit_description())
-        self.on_exit(self)
+
+    def _relay(self, record: LogRecord) -> None:
+        """A worker's log record into the supervisor's log stream, tagged role and pid."""
+        try:
+            log.log(
+                standard_level(record.level),
+                record.message,
+                role=self.role,
+                pid=self.pid,
+                source=record.logger,
+            )
+        except Exception:  # a log line that cannot be written must not stop the watch
+            pass
+
+    def monitoring(self) -> bool:
+        """Whether the health thread is running (or the process is already reaped)."""
+        thread = self._monitor_thread
+        return self._exited.is_set() or (thread is not None and thread.is_alive())
 
     def wait_data(self, timeout: float) -> tuple[bool, bool]:
         """Wait up to ``timeout`` s: (data pipe readable, process gone)."""
@@ -225,14 +312,18 @@ class WorkerProcess:
     # ------------------------------------------------------------------ facts
 
     def _reap(self) -> None:
-        """Collect the exit code and close the Process now (its spawn pipes would
-        otherwise stay open until garbage collection)."""
-        self._process.join(5)
+        """Collect the exit code and close the pidfd (under the lock ``kill`` takes, so a
+        kill never reaches a recycled pid or fd)."""
+        assert self._popen is not None
+        try:
+            code = self._popen.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
         with self._reap_lock:
-            code = self._process.exitcode
             if code is not None:
                 self._exitcode = int(code)
-                self._process.close()
+            os.close(self._pidfd)
+            self._pidfd = -1
             self._exited.set()
 
     @property
@@ -241,19 +332,20 @@ class WorkerProcess:
 
     @property
     def sentinel(self) -> int:
-        return self._sentinel
+        """The pidfd: readable once the process has exited."""
+        return self._pidfd
 
     @property
     def exitcode(self) -> int | None:
         return self._exitcode
 
     def alive(self) -> bool:
-        if self._process is None:
+        if self._popen is None:
             return False
         with self._reap_lock:
             if self._exited.is_set():
                 return False
-            readable, _, _ = select.select([self._sentinel], [], [], 0)
+            readable, _, _ = select.select([self._pidfd], [], [], 0)
             return not readable
 
     def uptime(self) -> float:
@@ -288,10 +380,10 @@ class WorkerProcess:
         if self.kill_reason is None:
             self.kill_reason = reason
         with self._reap_lock:
-            if self._process is None or self._exited.is_set():
-                return  # reaped: the pid may already belong to another process
+            if self._popen is None or self._exited.is_set():
+                return  # reaped
             try:
-                os.kill(self._pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -301,7 +393,7 @@ class WorkerProcess:
 
     def stop(self, grace_s: float) -> None:
         """Graceful stop: SHUTDOWN on the health pipe, close the data pipe, wait, kill."""
-        if self._process is None:
+        if self._popen is None:
             return
         self._stopping = True
         if self.alive():

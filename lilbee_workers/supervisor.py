@@ -59,7 +59,11 @@ class Supervisor(WorkerAPI):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for role, role_config in self.config.roles.items():
             dispatcher = RoleDispatcher(
-                role, role_config, self.log_dir, self.config.max_frame_bytes
+                role,
+                role_config,
+                self.log_dir,
+                self.config.max_frame_bytes,
+                self.config.log_max_bytes,
             )
             self._dispatchers[role] = dispatcher
             dispatcher.start()
@@ -114,6 +118,11 @@ class Supervisor(WorkerAPI):
                 f"role {role!r} is not configured (configured: {', '.join(self._dispatchers)})",
                 role=role,
             ) from None
+
+    def healthy(self) -> bool:
+        """Every role's dispatcher thread and worker health monitor is running (what
+        the systemd watchdog is fed on: a dead background thread is a bug)."""
+        return all(dispatcher.healthy() for dispatcher in self._dispatchers.values())
 
     def status(self) -> list[RoleStatus]:
         return [dispatcher.status() for dispatcher in self._dispatchers.values()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import threading
@@ -60,6 +61,32 @@ class Role(ABC):
         """Serve one request: stream chunks through ``ctx.emit``, return the final frame.
         Raise ``InvalidRequest`` for bad input and ``ModelError`` when llama.cpp refuses."""
 
+    def models(self) -> list[Llama]:
+        """The llama.cpp models this handler computes with (after ``load``)."""
+        llm = getattr(self, "llm", None)
+        return [llm] if llm is not None else []
+
+    def watch_cancel(self, cancel: threading.Event) -> None:
+        """After ``load``: stop llama.cpp mid-computation once ``cancel`` is set, and
+        keep per-call log lines out of the role's log.
+
+        llama.cpp's abort callback is polled between graph nodes, so a cancelled
+        embed batch or a long prompt stops within milliseconds instead of running to
+        the end (``llama_decode`` then fails with status 2, which handlers report as
+        ``Cancelled``)."""
+        import llama_cpp
+        from llama_cpp import _logger
+
+        def should_abort(_data: Any) -> bool:
+            return cancel.is_set()
+
+        # ctypes keeps no reference of its own: the callback must live as long as the model.
+        self._abort_callback = llama_cpp.ggml_abort_callback(should_abort)
+        for llm in self.models():
+            llama_cpp.llama_set_abort_callback(llm.ctx, self._abort_callback, None)
+            llm.verbose = False  # no timing lines per call: the log would grow on every call
+        _logger.logger.setLevel(logging.WARNING)  # llama.cpp's warnings and errors still land
+
 
 def open_llama(config: RoleConfig, model_path: str, log_path: str, **params: Any) -> Llama:
     """Load a model with llama-cpp-python; failures become ``ModelError`` carrying
@@ -103,6 +130,11 @@ def model_metadata(model_path: str, key: str) -> str | None:
         return buf.value.decode("utf-8", "replace") if size >= 0 else None
     finally:
         llama_cpp.llama_model_free(model)
+
+
+def decode_aborted(exc: BaseException, cancel: threading.Event) -> bool:
+    """Whether llama-cpp-python's error is llama.cpp stopping for our abort callback."""
+    return cancel.is_set() and "returned 2" in str(exc)
 
 
 def check_sampling(max_tokens: int | None, temperature: float, top_p: float | None = None) -> None:

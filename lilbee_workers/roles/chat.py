@@ -13,6 +13,7 @@ from lilbee_workers.roles.base import (
     Role,
     check_sampling,
     check_seed,
+    decode_aborted,
     open_llama,
 )
 from lilbee_workers.transport.frames import (
@@ -84,11 +85,20 @@ def stream_chat(
     meter: GenerationMeter,
     ctx: RequestContext,
     messages: list[dict[str, Any]],
+    *,
+    prompt_cache: bool = False,
     **sampling: Any,
 ) -> ChatResult:
     """Run a chat completion, forwarding its text as ``ChatChunk`` frames as it is
-    generated (cancellable at each token); end with the whole result."""
+    generated (cancellable at each token); end with the whole result.
+
+    Unless ``prompt_cache``, the model's state is reset first: llama-cpp-python would
+    reuse the prompt prefix left by the previous call and evaluate the rest in another
+    batch shape, and greedy decoding can then pick other tokens. Reset, the answer is
+    the one a fresh worker gives, whatever this worker served before."""
     meter.cancel = ctx.cancel
+    if not prompt_cache:
+        llm.reset()  # type: ignore[no-untyped-call]
     stream: Iterator[Any] = iter(
         llm.create_chat_completion(messages=messages, stream=True, **sampling)  # type: ignore[arg-type]
     )
@@ -105,6 +115,11 @@ def stream_chat(
                 finish_reason = choice["finish_reason"]
     except Cancelled:
         finish_reason = "cancelled"
+    except RuntimeError as exc:
+        if not decode_aborted(exc, ctx.cancel):
+            raise
+        finish_reason = "cancelled"
+        llm.reset()  # type: ignore[no-untyped-call]  # an aborted decode leaves no usable prefix
     except ValueError as exc:
         if "exceed context window" in str(exc):
             raise InvalidRequest(f"prompt is too long: {exc}") from None
@@ -159,4 +174,5 @@ class ChatRole(Role):
             top_p=request.top_p,
             stop=list(request.stop),
             seed=request.seed,
+            prompt_cache=self.config.prompt_cache,
         )

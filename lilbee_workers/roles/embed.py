@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lilbee_workers.errors import InvalidRequest, ModelError
-from lilbee_workers.roles.base import LoadedModel, RequestContext, Role, model_metadata, open_llama
+from lilbee_workers.roles.base import (
+    LoadedModel,
+    RequestContext,
+    Role,
+    decode_aborted,
+    model_metadata,
+    open_llama,
+)
 from lilbee_workers.transport.frames import EmbedRequest, EmbedResult, Frame, Request
 
 if TYPE_CHECKING:
@@ -56,6 +63,7 @@ class EmbedRole(Role):
         if not request.texts:
             return EmbedResult(id=request.id, dim=dim, count=0, vectors=b"")
         limit = self.llm.n_ctx()
+        sizes = []
         for index, text in enumerate(request.texts):
             n_tokens = len(self.llm.tokenize(text.encode("utf-8")))
             if n_tokens == 0:
@@ -65,10 +73,24 @@ class EmbedRole(Role):
                     f"text {index} is {n_tokens} tokens, over the context of {limit} "
                     "(ask for truncate=True to cut it)"
                 )
-        ctx.raise_if_cancelled()
-        vectors, n_tokens = self.llm.embed(
-            request.texts, normalize=request.normalize, truncate=True, return_count=True
-        )
+            sizes.append(min(n_tokens, self.llm.n_batch))
+        vectors: list[list[float]] = []
+        total_tokens = 0
+        for start, stop in self.decode_groups(sizes):
+            ctx.raise_if_cancelled()
+            try:
+                part, n_tokens = self.llm.embed(
+                    request.texts[start:stop],
+                    normalize=request.normalize,
+                    truncate=True,
+                    return_count=True,
+                )
+            except RuntimeError as exc:
+                if decode_aborted(exc, ctx.cancel):
+                    ctx.raise_if_cancelled()
+                raise
+            vectors += part
+            total_tokens += n_tokens
         array = np.asarray(vectors, dtype="<f4").reshape(len(request.texts), dim)
         if not np.isfinite(array).all():
             raise ModelError("llama.cpp returned non-finite embedding values")
@@ -77,5 +99,22 @@ class EmbedRole(Role):
             dim=dim,
             count=len(request.texts),
             vectors=array.tobytes(),
-            prompt_tokens=n_tokens,
+            prompt_tokens=total_tokens,
         )
+
+    def decode_groups(self, sizes: list[int]) -> list[tuple[int, int]]:
+        """Texts split into the groups llama-cpp-python would decode together (up to
+        ``n_batch`` tokens and ``n_seq_max`` sequences each), as (start, stop) ranges.
+        Embedding group by group gives the same numbers as one ``embed()`` of all the
+        texts, with a cancel check between decodes."""
+        n_batch = self.llm.n_batch
+        n_seq_max = int(self.llm.context_params.n_seq_max)
+        groups: list[tuple[int, int]] = []
+        start = tokens = 0
+        for index, size in enumerate(sizes):
+            if index > start and (tokens + size > n_batch or index - start >= n_seq_max):
+                groups.append((start, index))
+                start, tokens = index, 0
+            tokens += size
+        groups.append((start, len(sizes)))
+        return groups

@@ -84,7 +84,7 @@ class NoopRequest(Frame, tag="noop"):
     role: str = ""  # which role's worker, when sent to the daemon
 
 
-DebugAction = Literal["sleep", "abort", "exit", "exit0", "spin"]
+DebugAction = Literal["sleep", "abort", "exit", "exit0", "spin", "log"]
 
 
 class DebugRequest(Frame, tag="debug"):
@@ -97,6 +97,25 @@ class DebugRequest(Frame, tag="debug"):
     # Only misbehave while the worker's generation is below this number (0: always).
     # Lets a test say "crash on the first attempt only" without sharing state.
     below_generation: int = 0
+    level: int = 20  # "log": the Python log level of the lines written
+    count: int = 1  # "log": how many lines
+
+
+# --------------------------------------------------------------------------- boot
+
+
+class WorkerBoot(Frame, tag="boot"):
+    """Supervisor -> a freshly started worker, first frame on its data pipe: what to
+    load and how. (Not in ``AnyFrame``: only a booting worker decodes it.)"""
+
+    role: str
+    config: bytes
+    """The role's ``RoleConfig``, msgpack-encoded (the child decodes it typed)."""
+    model_path: str
+    log_path: str
+    generation: int
+    max_frame_bytes: int
+    log_max_bytes: int
 
 
 # --------------------------------------------------------------------------- replies

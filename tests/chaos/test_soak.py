@@ -72,8 +72,33 @@ class Tally:
                 self.late.append(f"{outcome} after {latency:.1f}s")
 
 
-def references(client: Client) -> dict[str, Any]:
-    return {
+def direct_chat_texts(model_path: str) -> dict[str, str]:
+    """The soak's chat answers computed without the supervisor: llama-cpp-python on a
+    fresh state per prompt, as the chat worker opens gemma (n_ctx 256, fallback format)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model_path, n_ctx=256, n_batch=2048, n_ubatch=512, verbose=False)
+    llm.chat_format = "gemma"
+    texts = {}
+    try:
+        for prompt in CHAT_PROMPTS:
+            llm.reset()
+            reply: Any = llm.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=4,
+                temperature=0.0,
+                top_p=0.95,
+                seed=1,
+            )
+            texts[prompt] = str(reply["choices"][0]["message"]["content"] or "")
+    finally:
+        llm.close()
+    return texts
+
+
+def references(client: Client, model_path: str) -> dict[str, Any]:
+    """Answers from the fault-free daemon; chat's checked against llama-cpp-python."""
+    ref = {
         "embed": {t: client.embed([t])[0] for t in EMBED_TEXTS},
         "chat": {
             p: client.chat(p, max_tokens=4, temperature=0.0, seed=1).collect().text
@@ -81,6 +106,8 @@ def references(client: Client) -> dict[str, Any]:
         },
         "rerank": [(i.index, i.score) for i in client.rerank("what do bees make", RERANK_DOCS)],
     }
+    assert ref["chat"] == direct_chat_texts(model_path)
+    return ref
 
 
 def one_request(client: Client, rng: random.Random, ref: dict[str, Any]) -> tuple[str, bool]:
@@ -140,7 +167,7 @@ def run_soak(
     seen_workers: set[int] = set()
     try:
         control = daemon.wait_ready()
-        ref = references(control)
+        ref = references(control, model_path)
         for status in control.status():
             assert status.pid
             seen_workers.add(status.pid)
@@ -244,7 +271,7 @@ def run_soak(
                 break
             time.sleep(0.2)
         assert all(s.state == "ready" for s in statuses), statuses
-        after = references(control)
+        after = references(control, model_path)
         assert after["chat"] == ref["chat"]
         assert all(np.allclose(after["embed"][t], ref["embed"][t], atol=1e-3) for t in EMBED_TEXTS)
         control.close()

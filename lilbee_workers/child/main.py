@@ -1,0 +1,198 @@
+"""A worker's life: boot, load the model, say READY, then serve the data pipe one
+request at a time until it closes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+
+import msgspec
+
+from lilbee_workers.child.heartbeat import ForwardingHandler, start_heartbeat
+from lilbee_workers.child.state import RequestState
+from lilbee_workers.child.stdio import rotate_log, use_log_streams
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
+from lilbee_workers.logfile import tail_lines
+from lilbee_workers.roles.base import RequestContext, Role
+from lilbee_workers.transport import codec
+from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.frames import (
+    DebugRequest,
+    Frame,
+    LoadFailed,
+    NoopRequest,
+    NoopResult,
+    Ready,
+    Request,
+    WorkerBoot,
+)
+
+_REQUEST_TYPES = Request.__args__
+_boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)
+log = logging.getLogger("lilbee_workers.child")
+
+
+def main(data_fd: int, health_fd: int) -> None:
+    """Entry point of a worker process (after ``__main__`` armed the parent-death signal)."""
+    # On an abort, ggml would attach gdb to print a backtrace: slow, and it buries
+    # llama.cpp's own assert message (the line users need) under the backtrace.
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    use_log_streams()
+    data = PipeChannel(Connection(data_fd))
+    try:
+        boot = _boot_decoder.decode(data.recv_raw())
+    except (EOFError, OSError, msgspec.DecodeError) as exc:
+        print(f"lilbee-workers: no boot frame from the supervisor: {exc}", file=sys.stderr)
+        os._exit(2)
+    data.max_frame_bytes = boot.max_frame_bytes
+    health = PipeChannel(Connection(health_fd), boot.max_frame_bytes)
+    print(
+        f"=== lilbee-workers {boot.role} worker pid {os.getpid()} generation {boot.generation}",
+        flush=True,
+    )
+    config = msgspec.msgpack.decode(boot.config, type=RoleConfig)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.getLogger().addHandler(ForwardingHandler(health))
+    state = RequestState()
+    start_heartbeat(health, state, config.cancel_grace_s)
+    handler = load(boot, data, state)
+    Server(data, handler, state, config, boot).serve()
+
+
+def load(boot: WorkerBoot, data: PipeChannel, state: RequestState) -> Role:
+    """Load the role's model and say READY; on failure say why and exit."""
+    from lilbee_workers.roles import create_role
+
+    config = msgspec.msgpack.decode(boot.config, type=RoleConfig)
+    started = time.monotonic()
+    try:
+        handler = create_role(boot.role, config, boot.model_path, boot.log_path)
+        model = handler.load()
+        handler.watch_cancel(state.cancel)
+    except Exception as exc:
+        kind = "model" if isinstance(exc, (ModelError, ImportError)) else "internal"
+        message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+        log.error("load failed: %s", message)
+        try:
+            data.send(LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message))
+        finally:
+            os._exit(2)
+    seconds = time.monotonic() - started
+    log.info("%s worker ready: %s in %.2fs", boot.role, boot.model_path, seconds)
+    data.send(
+        Ready(
+            role=boot.role,
+            pid=os.getpid(),
+            model=boot.model_path,
+            n_ctx=model.n_ctx,
+            n_embd=model.n_embd,
+            chat_template=model.chat_template,
+            load_seconds=seconds,
+        )
+    )
+    return handler
+
+
+class Server:
+    """The serving loop: one request at a time, one final frame each."""
+
+    def __init__(
+        self,
+        data: PipeChannel,
+        handler: Role,
+        state: RequestState,
+        config: RoleConfig,
+        boot: WorkerBoot,
+    ) -> None:
+        self.data = data
+        self.handler = handler
+        self.state = state
+        self.config = config
+        self.boot = boot
+
+    def serve(self) -> None:
+        """Read one request, run it, write its reply frames; until the pipe closes."""
+        while True:
+            try:
+                raw = self.data.recv_raw()
+            except (EOFError, OSError):
+                return
+            try:
+                request = codec.decode(raw, self.data.max_frame_bytes)
+                if not isinstance(request, _REQUEST_TYPES):
+                    raise ProtocolError(f"a worker does not accept {type(request).__name__} frames")
+            except ProtocolError as exc:
+                exc.role = self.handler.kind
+                self.data.send(exc.to_frame(codec.request_id_of(raw)))
+                continue
+            self.state.begin(request.id)
+            try:
+                reply = self.run(request)
+            finally:
+                self.state.end()
+            rotate_log(self.boot.log_path, self.boot.log_max_bytes)  # before the reply: no race
+            try:
+                self.data.send(reply)
+            except ProtocolError as exc:  # a reply over the frame cap
+                error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.kind)
+                self.data.send(error.to_frame(request.id))
+
+    def run(self, request: Request) -> Frame:
+        """One request's final frame; handler errors become typed ``ErrorFrame``s."""
+        handler = self.handler
+        try:
+            if isinstance(request, NoopRequest):
+                return NoopResult(id=request.id)
+            if isinstance(request, DebugRequest):
+                if not self.config.debug_requests:
+                    raise InvalidRequest("debug requests are disabled for this role")
+                return self.run_debug(request)
+            if not isinstance(request, handler.accepts):
+                raise InvalidRequest(
+                    f"the {handler.kind} worker does not serve {type(request).__name__}"
+                )
+            return handler.handle(
+                request, RequestContext(request.id, self.data.send, self.state.cancel)
+            )
+        except WorkerError as exc:
+            exc.role = handler.kind
+            if exc.kind not in ("invalid_request", "cancelled"):
+                exc.log_path = handler.log_path
+            return exc.to_frame(request.id)
+        except Exception as exc:  # llama.cpp raised: the request failed, the worker lives
+            log.exception("request %d failed", request.id)
+            error = ModelError(
+                f"{type(exc).__name__}: {exc}",
+                role=handler.kind,
+                log_path=handler.log_path,
+                log_tail=tail_lines(handler.log_path, 5),
+            )
+            return error.to_frame(request.id)
+
+    def run_debug(self, request: DebugRequest) -> Frame:
+        """Fault injection for tests (only when the role enables ``debug_requests``)."""
+        if request.below_generation and self.boot.generation >= request.below_generation:
+            return NoopResult(id=request.id)
+        if request.action == "abort":
+            os.abort()
+        if request.action == "exit":
+            os._exit(3)
+        if request.action == "exit0":
+            os._exit(0)
+        if request.action == "log":
+            for line in range(request.count):
+                log.log(request.level, "debug log line %d of %d", line + 1, request.count)
+            return NoopResult(id=request.id)
+        deadline = time.monotonic() + request.seconds
+        while time.monotonic() < deadline:
+            if request.action == "sleep" and self.state.cancel.is_set():
+                break
+            if request.action == "sleep":
+                time.sleep(0.01)
+        return NoopResult(id=request.id)
