@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,21 +62,84 @@ class AsyncWorkerAPI:
     def __init__(self, sync: WorkerAPI) -> None:
         self.sync = sync
 
-    async def embed(self, texts: Sequence[str], **options: Any) -> npt.NDArray[np.float32]:
-        return await asyncio.to_thread(self.sync.embed, texts, **options)
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool = True,
+        truncate: bool = False,
+        timeout: float | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Embed texts; an array of shape (len(texts), dim), float32."""
+        return await asyncio.to_thread(
+            self.sync.embed, texts, normalize=normalize, truncate=truncate, timeout=timeout
+        )
 
-    async def chat(self, messages: MessagesLike, **options: Any) -> AsyncChatStream:
-        return AsyncChatStream(await asyncio.to_thread(self.sync.chat, messages, **options))
+    async def chat(
+        self,
+        messages: MessagesLike,
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncChatStream:
+        """Stream a chat reply: ``async for`` its chunks, then read ``.result``."""
+        stream = await asyncio.to_thread(
+            self.sync.chat,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            timeout=timeout,
+        )
+        return AsyncChatStream(stream)
 
     async def rerank(
-        self, query: str, documents: Sequence[str], **options: Any
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        truncate: bool = False,
+        timeout: float | None = None,
     ) -> list[RerankItem]:
-        return await asyncio.to_thread(self.sync.rerank, query, documents, **options)
+        """Score documents against a query; highest score first."""
+        return await asyncio.to_thread(
+            self.sync.rerank,
+            query,
+            documents,
+            top_n=top_n,
+            return_documents=return_documents,
+            truncate=truncate,
+            timeout=timeout,
+        )
 
     async def vision(
-        self, image: bytes, prompt: str | None = None, **options: Any
+        self,
+        image: bytes,
+        prompt: str | None = None,
+        *,
+        max_tokens: int | None = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        timeout: float | None = None,
     ) -> AsyncChatStream:
-        stream = await asyncio.to_thread(self.sync.vision, image, prompt, **options)
+        """Describe an image (PNG or JPEG bytes); streams like ``chat``."""
+        stream = await asyncio.to_thread(
+            self.sync.vision,
+            image,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            timeout=timeout,
+        )
         return AsyncChatStream(stream)
 
     async def status(self) -> list[RoleStatus]:
@@ -92,8 +154,10 @@ class AsyncSupervisor(AsyncWorkerAPI):
 
     sync: Supervisor
 
-    def __init__(self, config: SupervisorConfig | str | None = None, **options: Any) -> None:
-        super().__init__(Supervisor(config, **options))
+    def __init__(
+        self, config: SupervisorConfig | str | None = None, *, queue_wait_s: float = 0.0
+    ) -> None:
+        super().__init__(Supervisor(config, queue_wait_s=queue_wait_s))
 
     async def start(self) -> AsyncSupervisor:
         await asyncio.to_thread(self.sync.start)

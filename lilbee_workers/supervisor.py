@@ -10,9 +10,9 @@ import structlog
 
 from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
-from lilbee_workers.dispatcher import RoleDispatcher
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
 from lilbee_workers.logs import configure_logging
+from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.transport.frames import AnyFrame, Request, RoleStatus
 
 log = structlog.get_logger("lilbee_workers.supervisor")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lilbee_workers import RoleConfig, Supervisor, SupervisorConfig
-from lilbee_workers.dispatcher import RoleDispatcher
+from lilbee_workers.parent.dispatcher import RoleDispatcher
 
 # Fast fault detection for tests; production defaults are slower and calmer.
 FAST: dict[str, Any] = {

@@ -8,7 +8,7 @@ import logging
 import pytest
 import structlog
 
-from lilbee_workers.process import standard_level
+from lilbee_workers.parent.monitor import standard_level
 
 
 def test_standard_level_maps_custom_levels_down() -> None:

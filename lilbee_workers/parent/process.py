@@ -12,7 +12,6 @@ the process is stopped or wedged, so the monitor kills it and records why.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import select
@@ -34,30 +33,15 @@ import lilbee_workers
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.logfile import rotate_if_large, tail_lines
-from lilbee_workers.recovery import StartFailed
+from lilbee_workers.parent.monitor import HealthMonitor
+from lilbee_workers.parent.policy import StartFailed
 from lilbee_workers.transport.channel import PipeChannel
-from lilbee_workers.transport.frames import (
-    LoadFailed,
-    LogRecord,
-    Ping,
-    Pong,
-    Ready,
-    Shutdown,
-    ShutdownAck,
-    WorkerBoot,
-)
+from lilbee_workers.transport.frames import LoadFailed, Pong, Ready, Shutdown, WorkerBoot
 
 log = structlog.get_logger("lilbee_workers.process")
 
 _PACKAGE_ROOT = str(Path(lilbee_workers.__file__).resolve().parent.parent)
 _START_POLL_S = 0.2  # how often a loading worker's wait re-checks for shutdown
-_STANDARD_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
-
-
-def standard_level(level: int) -> int:
-    """The nearest standard logging level at or below ``level`` (structlog knows no
-    others: a worker's custom level 25 must not break the monitor)."""
-    return max((known for known in _STANDARD_LEVELS if known <= level), default=logging.DEBUG)
 
 
 def worker_environment() -> dict[str, str]:
@@ -94,10 +78,9 @@ class WorkerProcess:
         self.log_max_bytes = log_max_bytes
         self.on_exit = on_exit
         self.ready: Ready | None = None
-        self.last_pong: Pong | None = None
+        self.monitor: HealthMonitor | None = None
         self.kill_reason: str | None = None
         self.started_at = time.monotonic()
-        self._ack = threading.Event()
         self._stopping = False
         self._popen: subprocess.Popen[bytes] | None = None
         self._pid = 0
@@ -107,6 +90,7 @@ class WorkerProcess:
         # Set by the monitor thread, the only thread that reaps the process, once the
         # exit code is known and the pidfd is closed.
         self._exited = threading.Event()
+        self._released = False  # the owner called close_data: nobody waits on the pidfd
         self._reap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ start
@@ -116,36 +100,9 @@ class WorkerProcess:
         once when it dies while loading, or within a moment of ``abandon()`` turning
         true (the supervisor is closing)."""
         rotate_if_large(self.log_path, self.log_max_bytes)
-        data_parent, data_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        health_parent, health_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with open(self.log_path, "ab") as log_file:
-                fds = (data_child.fileno(), health_child.fileno())
-                self._popen = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "lilbee_workers.child",
-                        *map(str, fds),
-                        str(os.getpid()),
-                    ],
-                    pass_fds=fds,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    env=worker_environment(),
-                )
-        except OSError as exc:
-            for sock in (data_parent, health_parent):
-                sock.close()
-            raise StartFailed(f"cannot start a {self.role} worker: {exc}", crashed=False) from None
-        finally:
-            data_child.close()
-            health_child.close()
-        self._pid = self._popen.pid
-        self._pidfd = os.pidfd_open(self._pid)
-        self.data = PipeChannel(Connection(data_parent.detach()), self.max_frame_bytes)
-        self.health = PipeChannel(Connection(health_parent.detach()), self.max_frame_bytes)
+        data, health = self._spawn()
+        self.data = PipeChannel(data, self.max_frame_bytes)
+        self.health = PipeChannel(health, self.max_frame_bytes)
         # One poller for the data pipe and the death sentinel, reused by every call
         # (only the thread holding the role waits on it).
         self._poller = select.poll()
@@ -154,26 +111,72 @@ class WorkerProcess:
         self._data_fd = self.data.conn.fileno()
         self.started_at = time.monotonic()
         log.info("worker spawned", role=self.role, pid=self.pid, generation=self.generation)
+        self.monitor = HealthMonitor(
+            self.role,
+            self.pid,
+            self.health,
+            self._pidfd,
+            self.config,
+            loaded=lambda: self.ready is not None,
+            stopping=lambda: self._stopping,
+            on_hang=self.kill,
+        )
         self._monitor_thread = threading.Thread(
             target=self._monitor, name=f"health-{self.role}-{self.pid}", daemon=True
         )
         self._monitor_thread.start()
+        self._send_boot()
         try:
-            self.data.send(
-                WorkerBoot(
-                    role=self.role,
-                    config=msgspec.msgpack.encode(self.config),
-                    model_path=self.model_path,
-                    log_path=str(self.log_path),
-                    generation=self.generation,
-                    max_frame_bytes=self.max_frame_bytes,
-                    log_max_bytes=self.log_max_bytes,
-                )
-            )
-        except (OSError, ValueError):
-            pass  # it died already: the wait below says how
-        self.ready = self._await_ready(abandon)
+            self.ready = self._await_ready(abandon)
+        except StartFailed:
+            self.join(5)
+            self.close_data()
+            raise
         return self.ready
+
+    def _spawn(self) -> tuple[Connection, Connection]:
+        """Start ``python -m lilbee_workers.child`` with its ends of two socket pairs;
+        return the parent's ends (data, health)."""
+        data_parent, data_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        health_parent, health_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (data_child.fileno(), health_child.fileno())
+        command = [sys.executable, "-m", "lilbee_workers.child", *map(str, fds), str(os.getpid())]
+        try:
+            with open(self.log_path, "ab") as log_file:
+                self._popen = subprocess.Popen(
+                    command,
+                    pass_fds=fds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    env=worker_environment(),
+                )
+        except OSError as exc:
+            data_parent.close()
+            health_parent.close()
+            raise StartFailed(f"cannot start a {self.role} worker: {exc}", crashed=False) from None
+        finally:
+            data_child.close()
+            health_child.close()
+        self._pid = self._popen.pid
+        self._pidfd = os.pidfd_open(self._pid)
+        return Connection(data_parent.detach()), Connection(health_parent.detach())
+
+    def _send_boot(self) -> None:
+        """The worker's first frame: what to load and how."""
+        boot = WorkerBoot(
+            role=self.role,
+            config=msgspec.msgpack.encode(self.config),
+            model_path=self.model_path,
+            log_path=str(self.log_path),
+            generation=self.generation,
+            max_frame_bytes=self.max_frame_bytes,
+            log_max_bytes=self.log_max_bytes,
+        )
+        try:
+            self.data.send(boot)
+        except (OSError, ValueError):
+            pass  # it died already: the wait for READY says how
 
     def _await_ready(self, abandon: Callable[[], bool]) -> Ready:
         deadline = time.monotonic() + self.config.start_timeout_s
@@ -215,8 +218,9 @@ class WorkerProcess:
         """The health thread: watch, then reap and report the exit. It never dies on an
         unexpected error: it logs it and kills the worker (a worker nobody watches
         for hangs must not keep serving), then still reaps it."""
+        assert self.monitor is not None
         try:
-            self._watch()
+            self.monitor.watch()
         except Exception as exc:
             log.exception("health monitor failed; killing the worker", role=self.role, pid=self.pid)
             self.kill(f"health monitor failed: {type(exc).__name__}: {exc}")
@@ -227,71 +231,6 @@ class WorkerProcess:
         finally:
             self._exited.set()
             self.on_exit(self)
-
-    def _watch(self) -> None:
-        """Ping on schedule, read pongs and log records, kill on a missed deadline;
-        return once the process is gone."""
-        interval = self.config.heartbeat_interval_s
-        timeout = self.config.heartbeat_timeout_s
-        seq = 0
-        awaiting_since: float | None = None
-        next_ping = time.monotonic() + interval
-        watched: list[Any] = [self.health.conn, self.sentinel]
-        while True:
-            now = time.monotonic()
-            until = (awaiting_since + timeout) if awaiting_since is not None else next_ping
-            ready = wait(watched, timeout=min(max(0.0, until - now), interval))
-            now = time.monotonic()
-            if self.health.conn in ready:
-                try:
-                    frame = self.health.recv()
-                except (EOFError, OSError):
-                    watched = [self.sentinel]
-                    continue
-                except ProtocolError as exc:
-                    log.warning("bad health frame", role=self.role, error=exc.message)
-                    continue
-                if isinstance(frame, Pong):
-                    if frame.seq == seq:
-                        awaiting_since = None
-                        next_ping = now + interval
-                    self.last_pong = frame
-                elif isinstance(frame, LogRecord):
-                    self._relay(frame)
-                elif isinstance(frame, ShutdownAck):
-                    self._ack.set()
-                continue
-            if self.sentinel in ready:
-                return
-            if self._stopping:
-                continue
-            if awaiting_since is not None and now - awaiting_since >= timeout:
-                self.kill(f"hung: no heartbeat reply within {timeout:g}s")
-                awaiting_since = None
-                next_ping = float("inf")
-            elif awaiting_since is None and now >= next_ping and self.ready is not None:
-                # (No pings while loading: imports and metadata parsing may hold the
-                # GIL for seconds; start_timeout_s bounds the load instead.)
-                seq += 1
-                try:
-                    self.health.send(Ping(seq=seq))
-                except (OSError, ValueError):
-                    watched = [self.sentinel]
-                    continue
-                awaiting_since = now
-
-    def _relay(self, record: LogRecord) -> None:
-        """A worker's log record into the supervisor's log stream, tagged role and pid."""
-        try:
-            log.log(
-                standard_level(record.level),
-                record.message,
-                role=self.role,
-                pid=self.pid,
-                source=record.logger,
-            )
-        except Exception:  # a log line that cannot be written must not stop the watch
-            pass
 
     def monitoring(self) -> bool:
         """Whether the health thread is running (or the process is already reaped)."""
@@ -312,8 +251,9 @@ class WorkerProcess:
     # ------------------------------------------------------------------ facts
 
     def _reap(self) -> None:
-        """Collect the exit code and close the pidfd (under the lock ``kill`` takes, so a
-        kill never reaches a recycled pid or fd)."""
+        """Collect the exit code (under the lock ``kill`` takes, so a kill never reaches
+        a recycled pid). The pidfd stays open until the owner is done with this worker
+        (``close_data``): other threads may still be waiting on it."""
         assert self._popen is not None
         try:
             code = self._popen.wait(5)
@@ -322,9 +262,20 @@ class WorkerProcess:
         with self._reap_lock:
             if code is not None:
                 self._exitcode = int(code)
-            os.close(self._pidfd)
-            self._pidfd = -1
             self._exited.set()
+        self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        """Close the pidfd once both the process is reaped and its owner let go."""
+        with self._reap_lock:
+            if self._exited.is_set() and self._released and self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+
+    @property
+    def last_pong(self) -> Pong | None:
+        """The latest heartbeat reply (in-flight id, RSS, served count)."""
+        return self.monitor.last_pong if self.monitor is not None else None
 
     @property
     def pid(self) -> int:
@@ -350,6 +301,15 @@ class WorkerProcess:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_at
+
+    def vitals(self) -> dict[str, Any]:
+        """The ``RoleStatus`` fields a live worker knows: pid, uptime, RSS."""
+        pong = self.last_pong
+        return {
+            "pid": self.pid,
+            "uptime_s": round(self.uptime(), 3),
+            "rss_bytes": pong.rss_bytes if pong is not None else 0,
+        }
 
     def log_tail(self, lines: int = 20) -> str:
         return tail_lines(self.log_path, lines)
@@ -399,7 +359,8 @@ class WorkerProcess:
         if self.alive():
             try:
                 self.health.send(Shutdown())
-                self._ack.wait(min(grace_s, 2.0))
+                if self.monitor is not None:
+                    self.monitor.shutdown_acked.wait(min(grace_s, 2.0))
             except (OSError, ValueError):
                 pass
         self.data.close()
@@ -407,10 +368,14 @@ class WorkerProcess:
         if self.alive():
             self.kill(f"did not stop within {grace_s:g}s")
             self.join(5)
+        self.close_data()
 
     def close_data(self) -> None:
-        """Close the data pipe (the monitor thread closes the health pipe when it ends)."""
+        """The owner is done with this worker: close the data pipe (the monitor thread
+        closes the health pipe when it ends) and, once reaped, the pidfd."""
         try:
             self.data.close()
         except OSError:
             pass
+        self._released = True
+        self._close_pidfd()

@@ -20,7 +20,7 @@ from typing import TypeVar
 import tenacity
 
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import WorkerCrashed
+from lilbee_workers.errors import WorkerCrashed, WorkerUnavailable
 
 T = TypeVar("T")
 
@@ -66,6 +66,19 @@ def crashed_error(
     else:
         message = f"{role} worker failed: {reason}"
     return WorkerCrashed(message, role=role, log_path=log_path, log_tail=log_tail)
+
+
+def unavailable_error(
+    role: str, reason: str, seconds_left: float, log_path: str, log_tail: str
+) -> WorkerUnavailable:
+    """The error a failed role answers while its circuit is open."""
+    return WorkerUnavailable(
+        f"{role} is failed: {reason} "
+        f"(next try in {seconds_left:.0f}s, or run `lilbee-workers restart {role}`)",
+        role=role,
+        log_path=log_path,
+        log_tail=log_tail,
+    )
 
 
 class RestartPolicy:

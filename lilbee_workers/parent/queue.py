@@ -1,0 +1,188 @@
+"""One role's waiting line and the role lock: which call or lifecycle step runs next.
+
+A role runs one thing at a time: a call on its worker, or lifecycle work (start,
+restart, stop), so no call ever runs on a worker that is being replaced. Callers and the
+dispatcher thread meet here, under one condition variable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import Overloaded, WorkerError, WorkerUnavailable
+from lilbee_workers.parent.calls import Call
+from lilbee_workers.parent.process import WorkerProcess
+
+
+@dataclass
+class Restart:
+    """Graceful restart, optionally with a new config."""
+
+    config: RoleConfig | None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Respawn:
+    """A call holding the role lost its worker and needs a fresh one (served at once:
+    its caller already holds the role)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+
+class Close:
+    """Stop the role."""
+
+
+@dataclass
+class WorkerExited:
+    """A worker's process ended (seen by its health monitor)."""
+
+    worker: WorkerProcess
+
+
+Control = Restart | Respawn | Close | WorkerExited
+
+_LIFECYCLE = object()
+
+
+class RoleQueue:
+    """Bounded queue of calls, pending controls, and who holds the role."""
+
+    def __init__(self, role: str, size: int) -> None:
+        self.role = role
+        self.size = size
+        self.cond = threading.Condition()
+        self.closing = False
+        self._calls: deque[Call] = deque()
+        self._controls: deque[Control] = deque()
+        # What holds the role: the call running on the worker, or _LIFECYCLE. Held from
+        # the start so that no call runs before the first worker is up.
+        self._holder: object | None = _LIFECYCLE
+        self._room_waiters = 0  # callers waiting for room in a full queue
+
+    # ------------------------------------------------------------------ callers
+
+    def enqueue(
+        self,
+        call: Call,
+        block_s: float,
+        refuse: Callable[[], WorkerError | None],
+        hold_if_idle: bool = False,
+    ) -> bool:
+        """Admit ``call`` (``Overloaded`` when full after ``block_s``; ``refuse()``'s
+        error, e.g. a failed role). With ``hold_if_idle``, an idle role is taken for the
+        caller to run the call itself: True then, else the call waits in line."""
+        with self.cond:
+            self._admit(block_s, refuse)
+            if hold_if_idle and self._holder is None and not self._calls and not self._controls:
+                self._holder = call
+                return True
+            self._calls.append(call)
+            self.cond.notify_all()
+            return False
+
+    def _admit(self, block_s: float, refuse: Callable[[], WorkerError | None]) -> None:
+        deadline = time.monotonic() + block_s
+        while True:
+            if self.closing:
+                raise WorkerUnavailable(f"{self.role} is shutting down", role=self.role)
+            error = refuse()
+            if error is not None:
+                raise error
+            if len(self._calls) < self.size:
+                return
+            if self._drop_cancelled():
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Overloaded(
+                    f"{self.role} queue is full ({self.size} calls waiting)", role=self.role
+                )
+            self._room_waiters += 1
+            try:
+                self.cond.wait(remaining)
+            finally:
+                self._room_waiters -= 1
+
+    def _drop_cancelled(self) -> bool:
+        """Answer and remove queued calls whose callers gave up (so they no longer take
+        queue room). True if any were removed."""
+        cancelled = [call for call in self._calls if call.cancelled]
+        for call in cancelled:
+            self._calls.remove(call)
+            call.fail(call.cancelled_error())
+        return bool(cancelled)
+
+    def post(self, control: Control) -> None:
+        with self.cond:
+            self._controls.append(control)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+
+    def counts(self) -> tuple[int, int]:
+        """(calls queued by live callers, calls running: 0 or 1)."""
+        with self.cond:
+            queued = sum(not call.cancelled for call in self._calls)
+            return queued, 1 if isinstance(self._holder, Call) else 0
+
+    # ------------------------------------------------------------------ dispatcher thread
+
+    def next_item(self) -> Control | Call:
+        """The next control (a respawn at once, others once nothing holds the role),
+        else the next queued call, which then holds the role."""
+        with self.cond:
+            while True:
+                for control in self._controls:
+                    if isinstance(control, Respawn):  # its caller holds the role
+                        self._controls.remove(control)
+                        return control
+                if self._controls and self._holder is None:
+                    control = self._controls.popleft()
+                    if not isinstance(control, Close):
+                        self._holder = _LIFECYCLE
+                    return control
+                if self._calls and self._holder is None and not self._controls:
+                    call = self._calls.popleft()
+                    self._holder = call
+                    if self._room_waiters:
+                        self.cond.notify_all()  # room in the queue
+                    return call
+                self.cond.wait()
+
+    def release(self) -> None:
+        """Free the role for the next call or control."""
+        with self.cond:
+            self._holder = None
+            if self._calls or self._controls or self._room_waiters:
+                self.cond.notify_all()
+
+    def take_calls(self) -> list[Call]:
+        """Empty the line (the role failed or is closing); the caller answers them."""
+        with self.cond:
+            calls = list(self._calls)
+            self._calls.clear()
+            self.cond.notify_all()
+            return calls
+
+    def take_controls(self) -> list[Control]:
+        with self.cond:
+            controls = list(self._controls)
+            self._controls.clear()
+            return controls
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, but wake at once for close."""
+        if seconds > 0:
+            with self.cond:
+                self.cond.wait_for(lambda: self.closing, timeout=seconds)

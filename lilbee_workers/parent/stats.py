@@ -1,0 +1,81 @@
+"""One role's counters and latencies: written by whichever thread runs a call, read by
+``status`` from any thread. One lock guards them all."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+
+class RoleStats:
+    """What ``status`` reports about a role's calls and restarts."""
+
+    def __init__(self, window: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._latencies_ms: deque[float] = deque(maxlen=window)
+        self._restarts = 0
+        self._served = 0
+        self._errors = 0
+        self._retried = 0
+        self._retried_ok = 0
+        self._internal_errors = 0
+
+    def answered(self, *, error: bool, retried: bool) -> None:
+        """A call got its final frame (an error frame counts as an error)."""
+        with self._lock:
+            if error:
+                self._errors += 1
+            else:
+                self._served += 1
+                if retried:
+                    self._retried_ok += 1
+
+    def failed(self) -> None:
+        """A call ended in an error raised on the supervisor's side."""
+        with self._lock:
+            self._errors += 1
+
+    def retrying(self) -> None:
+        with self._lock:
+            self._retried += 1
+
+    def restarted(self) -> None:
+        """A worker was replaced after it died, hung, or was killed under a call."""
+        with self._lock:
+            self._restarts += 1
+
+    def internal_error(self) -> None:
+        """A bug was caught in a background thread (logged where it happened)."""
+        with self._lock:
+            self._internal_errors += 1
+
+    def latency(self, milliseconds: float) -> None:
+        with self._lock:
+            self._latencies_ms.append(milliseconds)
+
+    @property
+    def restarts(self) -> int:
+        with self._lock:
+            return self._restarts
+
+    def counts(self) -> dict[str, Any]:
+        """The ``RoleStatus`` fields this object owns."""
+        with self._lock:
+            latencies = sorted(self._latencies_ms)
+            return {
+                "restarts": self._restarts,
+                "served": self._served,
+                "errors": self._errors,
+                "retried": self._retried,
+                "retried_ok": self._retried_ok,
+                "p50_ms": percentile(latencies, 0.50),
+                "p99_ms": percentile(latencies, 0.99),
+            }
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return round(sorted_values[index], 3)
