@@ -26,12 +26,13 @@ if TYPE_CHECKING:
         WorkerUnavailable,
     )
     from lilbee_workers.supervisor import Supervisor
-    from lilbee_workers.transport.frames import ChatMessage, ChatResult, RerankItem, RoleStatus
+    from lilbee_workers.transport.frames import ChatResult
+    from lilbee_workers.types import ChatMessage, RerankItem, RoleState, RoleStatus
 
 _HOME = {
     "AccessDenied": "lilbee_workers.errors",
     "Cancelled": "lilbee_workers.errors",
-    "ChatMessage": "lilbee_workers.transport.frames",
+    "ChatMessage": "lilbee_workers.types",
     "ChatResult": "lilbee_workers.transport.frames",
     "ChatStream": "lilbee_workers.api",
     "Client": "lilbee_workers.client",
@@ -41,9 +42,10 @@ _HOME = {
     "ModelError": "lilbee_workers.errors",
     "Overloaded": "lilbee_workers.errors",
     "ProtocolError": "lilbee_workers.errors",
-    "RerankItem": "lilbee_workers.transport.frames",
+    "RerankItem": "lilbee_workers.types",
     "RoleConfig": "lilbee_workers.config",
-    "RoleStatus": "lilbee_workers.transport.frames",
+    "RoleState": "lilbee_workers.types",
+    "RoleStatus": "lilbee_workers.types",
     "Supervisor": "lilbee_workers.supervisor",
     "SupervisorConfig": "lilbee_workers.config",
     "WorkerCrashed": "lilbee_workers.errors",
@@ -84,6 +86,7 @@ __all__ = [
     "ProtocolError",
     "RerankItem",
     "RoleConfig",
+    "RoleState",
     "RoleStatus",
     "Supervisor",
     "SupervisorConfig",

@@ -10,7 +10,7 @@ from typing import Literal
 import msgspec
 
 from lilbee_workers.errors import ConfigError
-from lilbee_workers.logfile import MAX_LOG_BYTES
+from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
 MAX_SECONDS = 7 * 24 * 3600.0

@@ -1,14 +1,17 @@
-"""structlog set-up for the supervisor's log stream (key=value or JSON, on stderr).
+"""Logging: structlog set-up for the supervisor's log stream (key=value or JSON, on
+stderr), and each role's log file.
 
 Workers' Python log records arrive over their health pipe as ``LogRecord`` frames and
-are re-emitted here tagged with role and pid (see ``process.WorkerProcess._monitor``).
-llama.cpp's own C output goes to each role's log file instead.
+are re-emitted tagged with role and pid (``parent.monitor``). llama.cpp's own C output
+goes to each role's log file instead: the worker's stdout and stderr.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -42,3 +45,34 @@ def configure_logging(
     logging.basicConfig(
         level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+
+
+MAX_LOG_BYTES = 10 * 1024 * 1024
+"""Default size past which a role log is rotated to ``.1`` (at worker start, and by
+the worker itself between requests)."""
+
+
+def role_log_path(log_dir: Path, role: str) -> Path:
+    return log_dir / f"{role}.log"
+
+
+def rotate_if_large(path: Path, max_bytes: int = MAX_LOG_BYTES) -> None:
+    try:
+        if path.is_file() and path.stat().st_size > max_bytes:
+            os.replace(path, path.with_suffix(path.suffix + ".1"))
+    except OSError:
+        pass  # a log we cannot rotate is still written to (or its writes dropped)
+
+
+def tail_lines(path: str | os.PathLike[str], count: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last ``count`` non-empty lines of a text file ('' if it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+    return "\n".join(lines[-count:])

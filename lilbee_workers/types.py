@@ -1,9 +1,11 @@
-"""Public value types that cross the API: role states (the result structs live in
-``transport.frames``, which re-exports nothing of the parent or child code)."""
+"""Public value types: what callers pass and get back besides frames. They import
+nothing of ours, so the wire (``transport``), the worker and the supervisor share them."""
 
 from __future__ import annotations
 
 import enum
+
+import msgspec
 
 
 class RoleState(enum.StrEnum):
@@ -22,3 +24,43 @@ class RoleState(enum.StrEnum):
     def serving(self) -> bool:
         """A worker is up and takes calls."""
         return self in (RoleState.READY, RoleState.BUSY)
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """One chat message (OpenAI-style role/content)."""
+
+    role: str
+    content: str
+
+
+class RerankItem(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """One scored document."""
+
+    index: int
+    score: float
+    document: str | None = None
+
+
+class RoleStatus(msgspec.Struct):
+    """What ``status`` shows for one role."""
+
+    role: str
+    state: str
+    pid: int | None = None
+    model: str = ""
+    uptime_s: float = 0.0
+    restarts: int = 0
+    last_exit: str = ""
+    in_flight: int = 0
+    queued: int = 0
+    served: int = 0
+    errors: int = 0
+    retried: int = 0
+    """Calls re-run on a fresh worker after their worker died or hung under them."""
+    retried_ok: int = 0
+    """Of those, the ones that then got their answer."""
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    rss_bytes: int = 0
+    log_path: str = ""
+    chat_template: str | None = None

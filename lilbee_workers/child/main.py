@@ -17,7 +17,7 @@ from lilbee_workers.child.state import RequestState
 from lilbee_workers.child.stdio import rotate_log, use_log_streams
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
-from lilbee_workers.logfile import tail_lines
+from lilbee_workers.logs import tail_lines
 from lilbee_workers.roles.base import RequestContext, Role
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel

@@ -21,7 +21,7 @@ import structlog
 
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ConfigError, WorkerError, WorkerUnavailable
-from lilbee_workers.logfile import MAX_LOG_BYTES, role_log_path
+from lilbee_workers.logs import MAX_LOG_BYTES, role_log_path
 from lilbee_workers.parent import policy
 from lilbee_workers.parent.attempt import Answered, Lost, run_attempt
 from lilbee_workers.parent.calls import Call

@@ -32,7 +32,7 @@ import structlog
 import lilbee_workers
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
-from lilbee_workers.logfile import rotate_if_large, tail_lines
+from lilbee_workers.logs import rotate_if_large, tail_lines
 from lilbee_workers.parent.monitor import HealthMonitor
 from lilbee_workers.parent.policy import StartFailed
 from lilbee_workers.transport.channel import PipeChannel

@@ -109,7 +109,7 @@ def open_llama(config: RoleConfig, model_path: str, log_path: str, **params: Any
     try:
         return Llama(model_path=model_path, **options)
     except (ValueError, RuntimeError, OSError) as exc:
-        from lilbee_workers.logfile import tail_lines
+        from lilbee_workers.logs import tail_lines
 
         reason = tail_lines(log_path, 8)
         raise ModelError(f"llama.cpp could not load {model_path}: {exc}\n{reason}") from None

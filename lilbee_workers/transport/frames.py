@@ -19,19 +19,16 @@ from typing import Literal
 
 import msgspec
 
+from lilbee_workers.types import ChatMessage, RerankItem, RoleStatus
+
+__all__ = ["ChatMessage", "RerankItem", "RoleStatus"]  # public types, carried by frames
+
 
 class Frame(msgspec.Struct, tag_field="k", omit_defaults=True, forbid_unknown_fields=True):
     """Base of every frame."""
 
 
 # --------------------------------------------------------------------------- requests
-
-
-class ChatMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
-    """One chat message (OpenAI-style role/content)."""
-
-    role: str
-    content: str
 
 
 class EmbedRequest(Frame, tag="embed"):
@@ -171,14 +168,6 @@ class ChatResult(Frame, tag="chat_result"):
     chunks: int = 0
 
 
-class RerankItem(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
-    """One scored document."""
-
-    index: int
-    score: float
-    document: str | None = None
-
-
 class RerankResult(Frame, tag="rerank_result"):
     """Documents ordered by score, highest first."""
 
@@ -266,31 +255,6 @@ class StatusRequest(Frame, tag="status"):
     """Ask the daemon for every role's status."""
 
     id: int
-
-
-class RoleStatus(msgspec.Struct):
-    """What ``status`` shows for one role."""
-
-    role: str
-    state: str
-    pid: int | None = None
-    model: str = ""
-    uptime_s: float = 0.0
-    restarts: int = 0
-    last_exit: str = ""
-    in_flight: int = 0
-    queued: int = 0
-    served: int = 0
-    errors: int = 0
-    retried: int = 0
-    """Calls re-run on a fresh worker after their worker died or hung under them."""
-    retried_ok: int = 0
-    """Of those, the ones that then got their answer."""
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    rss_bytes: int = 0
-    log_path: str = ""
-    chat_template: str | None = None
 
 
 class StatusReply(Frame, tag="status_result"):
