@@ -12,6 +12,7 @@ from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.dispatcher import RoleDispatcher
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
+from lilbee_workers.limits import check_request
 from lilbee_workers.logs import configure_logging
 from lilbee_workers.transport.frames import AnyFrame, Request, RoleStatus
 
@@ -94,10 +95,12 @@ class Supervisor(WorkerAPI):
     # ------------------------------------------------------------------ API
 
     def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
+        check_request(role, request, self.config)
         return self.dispatcher(role).submit(request, self.queue_wait_s, timeout)
 
     def _final(self, role: str, request: Request, timeout: float | None) -> AnyFrame:
         # Non-streaming: on an idle role the pipe I/O runs in this thread.
+        check_request(role, request, self.config)
         call = self.dispatcher(role).run_now(request, self.queue_wait_s, timeout)
         return call.next_frame(timeout)
 
@@ -114,6 +117,10 @@ class Supervisor(WorkerAPI):
                 f"role {role!r} is not configured (configured: {', '.join(self._dispatchers)})",
                 role=role,
             ) from None
+
+    def healthy(self) -> bool:
+        """True while every role's dispatcher thread is alive."""
+        return all(d._thread.is_alive() for d in self._dispatchers.values())
 
     def status(self) -> list[RoleStatus]:
         return [dispatcher.status() for dispatcher in self._dispatchers.values()]
