@@ -175,7 +175,10 @@ def serve(
     configure_logging(settings.log_level, "json" if json_logs else settings.log_format)
     try:
         code = Daemon(settings, config_path=config, socket_path=socket_path).run()
-    except RuntimeError as exc:
+    except ConfigError as exc:
+        err.print(f"[red]invalid config:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    except RuntimeError as exc:  # DaemonSetupError: the socket cannot be set up safely
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(code)

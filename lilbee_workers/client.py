@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import socket
+import stat
+import struct
 import threading
 from pathlib import Path
 
@@ -14,8 +17,10 @@ import msgspec
 from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import default_socket_path
 from lilbee_workers.errors import (
+    AccessDenied,
     DaemonUnreachable,
     ProtocolError,
+    WorkerError,
     WorkerTimeout,
     error_from_frame,
 )
@@ -35,6 +40,10 @@ from lilbee_workers.transport.frames import (
     StatusReply,
     StatusRequest,
 )
+
+_PEERCRED = struct.Struct("3i")
+DAEMON_USER_ENV = "LILBEE_WORKERS_DAEMON_USER"
+"""Names a user (or uid) the client trusts to run the daemon, besides itself and root."""
 
 
 class _SocketCall:
@@ -89,6 +98,13 @@ class Client(WorkerAPI):
 
     ``socket_path``: default ``$LILBEE_WORKERS_SOCKET``, else
     ``$XDG_RUNTIME_DIR/lilbee-workers.sock``.
+
+    Before sending anything the client checks who runs the daemon (``SO_PEERCRED``):
+    yourself, root, ``daemon_user`` (a user name or uid; default
+    ``$LILBEE_WORKERS_DAEMON_USER``), or the owner of a socket directory that only root
+    could have made for it (such as systemd's ``/run/lilbee-workers``, in a root-owned
+    parent no one else may write). Anyone else is refused with ``AccessDenied``: on a
+    shared ``/tmp`` another user could have put a socket where you expect the daemon.
     """
 
     def __init__(
@@ -98,11 +114,15 @@ class Client(WorkerAPI):
         connect_timeout: float = 5.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         pool_size: int = 16,
+        daemon_user: str | int | None = None,
     ) -> None:
         self.socket_path = Path(socket_path or default_socket_path())
         self.connect_timeout = connect_timeout
         self.max_frame_bytes = max_frame_bytes
         self.pool_size = pool_size
+        self.daemon_user = (
+            daemon_user if daemon_user is not None else os.environ.get(DAEMON_USER_ENV)
+        )
         self._pool: list[SocketChannel] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -124,7 +144,44 @@ class Client(WorkerAPI):
                 f"{exc.strerror or exc} (is `lilbee-workers serve` running? "
                 "set --socket or LILBEE_WORKERS_SOCKET)"
             ) from None
+        try:
+            self._check_daemon_owner(sock)
+        except BaseException:
+            sock.close()
+            raise
         return SocketChannel(sock, self.max_frame_bytes)
+
+    def _check_daemon_owner(self, sock: socket.socket) -> None:
+        """Refuse a daemon run by a user we have no reason to trust."""
+        _, uid, _ = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        if uid in (os.getuid(), 0) or uid == self._trusted_uid():
+            return
+        if _provisioned_for(self.socket_path, uid):
+            return
+        name = _user_name(uid)
+        raise AccessDenied(
+            f"the daemon at {self.socket_path} runs as {name} (uid {uid}), not as you or "
+            "root, and its socket directory could have been made by anyone: refusing to "
+            f"send it anything. If {name} runs your lilbee-workers service, trust it with "
+            f"{DAEMON_USER_ENV}={name} (or Client(daemon_user=...))"
+        )
+
+    def _trusted_uid(self) -> int | None:
+        user = self.daemon_user
+        if user is None or user == "":
+            return None
+        if isinstance(user, int):
+            return user
+        if user.isdigit():
+            return int(user)
+        try:
+            return pwd.getpwnam(user).pw_uid
+        except KeyError:
+            raise AccessDenied(
+                f"{DAEMON_USER_ENV} / daemon_user names no user {user!r} on this system"
+            ) from None
 
     def _give_back(self, channel: SocketChannel) -> None:
         with self._lock:
@@ -150,8 +207,11 @@ class Client(WorkerAPI):
         try:
             channel.send(msgspec.structs.replace(request, id=request_id))
         except OSError:
-            channel.close()  # a pooled connection the daemon closed: one fresh try
-            channel = self._connect()
+            refusal = _refusal(channel)  # e.g. Overloaded: over the daemon's connection cap
+            channel.close()
+            if refusal is not None:
+                raise refusal from None
+            channel = self._connect()  # a pooled connection the daemon closed: one fresh try
             try:
                 channel.send(msgspec.structs.replace(request, id=request_id))
             except OSError as exc:
@@ -177,3 +237,39 @@ class Client(WorkerAPI):
         if not isinstance(frame, RestartReply):
             raise ProtocolError(f"expected a restart reply, got {type(frame).__name__}")
         return frame.roles
+
+
+def _refusal(channel: SocketChannel) -> WorkerError | None:
+    """The error a daemon sent just before closing this connection, if any."""
+    try:
+        channel.sock.settimeout(1.0)
+        frame = channel.recv()
+    except (OSError, EOFError, ProtocolError):
+        return None
+    return error_from_frame(frame) if isinstance(frame, ErrorFrame) else None
+
+
+def _provisioned_for(socket_path: Path, uid: int) -> bool:
+    """True when the socket's directory belongs to ``uid``, no one else may write it,
+    and it sits in a root-owned directory no one else may write: only root could have
+    made it for that user (systemd's ``RuntimeDirectory=`` does exactly this)."""
+    directory = Path(os.path.realpath(socket_path)).parent
+    try:
+        own = os.stat(directory)
+        parent = os.stat(directory.parent)
+    except OSError:
+        return False
+    writable_by_others = stat.S_IWGRP | stat.S_IWOTH
+    return (
+        own.st_uid == uid
+        and not own.st_mode & writable_by_others
+        and parent.st_uid == 0
+        and not parent.st_mode & writable_by_others
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

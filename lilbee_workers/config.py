@@ -53,6 +53,9 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     heartbeat_timeout_s: float = 5.0
     cancel_grace_s: float = 5.0
     queue_size: int = 64
+    max_batch_items: int = 2048
+    """Most texts (embed), documents (rerank) or messages (chat) in one request; more is
+    ``InvalidRequest``, answered before any worker is involved."""
     max_restarts: int = 5
     """Crashes allowed within ``restart_window_s`` before the role goes ``failed``."""
     restart_window_s: float = 60.0
@@ -71,6 +74,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             "n_batch": self.n_batch,
             "n_ubatch": self.n_ubatch,
             "queue_size": self.queue_size,
+            "max_batch_items": self.max_batch_items,
             "max_image_bytes": self.max_image_bytes,
         }
         for key, value in positive.items():
@@ -120,11 +124,19 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     socket: str = ""
     """Daemon socket path; empty: ``$XDG_RUNTIME_DIR/lilbee-workers.sock``."""
     socket_mode: int = 0o600
+    """Permissions of the socket file (0o660 with ``socket_group`` for shared use)."""
     socket_group: str = ""
+    """A group whose members may use the socket (the socket is given to it)."""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """Largest frame on any wire, in bytes; a bigger length prefix is refused unread."""
     log_max_bytes: int = MAX_LOG_BYTES
     """A role log past this size is moved to ``<role>.log.1`` (by the worker itself,
     between requests, and at each worker start)."""
+    max_connections: int = 256
+    """Client connections the daemon holds at once; one more is answered ``Overloaded``."""
+    frame_timeout_s: float = 10.0
+    """Time allowed for the rest of a frame once its first byte has arrived, and for a
+    client to take one reply frame; idle connections between frames are not limited."""
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
     drain_timeout_s: float = 30.0
@@ -144,6 +156,13 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         if self.log_max_bytes < 4096:
             raise ConfigError(f"log_max_bytes must be >= 4096, got {self.log_max_bytes}")
         check_duration("drain_timeout_s", self.drain_timeout_s)
+        if self.max_connections <= 0:
+            raise ConfigError(f"max_connections must be > 0, got {self.max_connections}")
+        if not self.frame_timeout_s > 0:
+            raise ConfigError(f"frame_timeout_s must be > 0 seconds, got {self.frame_timeout_s}")
+        check_duration("frame_timeout_s", self.frame_timeout_s)
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"socket_mode must be a mode like 0o600, got {self.socket_mode:#o}")
         return self
 
     def resolved_log_dir(self) -> Path:

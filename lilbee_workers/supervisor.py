@@ -11,6 +11,7 @@ import structlog
 from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
+from lilbee_workers.limits import check_request
 from lilbee_workers.logs import configure_logging
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.transport.frames import AnyFrame, Request, RoleStatus
@@ -98,10 +99,12 @@ class Supervisor(WorkerAPI):
     # ------------------------------------------------------------------ API
 
     def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
+        check_request(role, request, self.config)
         return self.dispatcher(role).submit(request, self.queue_wait_s, timeout)
 
     def _final(self, role: str, request: Request, timeout: float | None) -> AnyFrame:
         # Non-streaming: on an idle role the pipe I/O runs in this thread.
+        check_request(role, request, self.config)
         call = self.dispatcher(role).run_now(request, self.queue_wait_s, timeout)
         return call.next_frame(timeout)
 

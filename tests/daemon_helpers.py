@@ -37,7 +37,10 @@ def write_config(path: Path, roles: dict[str, dict[str, Any]], **top: Any) -> Pa
 class DaemonProcess:
     """`lilbee-workers serve` in a subprocess on a private socket."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> None:
+        """``open_files``: run the daemon under ``ulimit -n open_files``."""
         # A short, world-traversable directory: AF_UNIX paths are limited to 108 bytes,
         # and the foreign-uid test connects from another user.
         self.dir = Path(tempfile.mkdtemp(prefix="lbw-"))
@@ -46,8 +49,10 @@ class DaemonProcess:
         self.log = self.dir / "daemon.log"
         self.config = config
         self._log_handle = open(self.log, "wb")
+        limit = ["sh", "-c", f'ulimit -n {open_files} && exec "$@"', "sh"] if open_files else []
         self.proc = subprocess.Popen(
             [
+                *limit,
                 sys.executable,
                 "-m",
                 "lilbee_workers.cli",

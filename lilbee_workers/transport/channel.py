@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from multiprocessing.connection import Connection
 
 from lilbee_workers.errors import ProtocolError
@@ -55,41 +56,79 @@ class PipeChannel:
 class SocketChannel:
     """A stream socket speaking frames behind a 4-byte big-endian length prefix.
 
-    A length over the cap is refused before any of the body is read.
+    A length over the cap is refused before any of the body is read. With
+    ``frame_timeout``, waiting for a frame to *start* is unlimited (an idle connection
+    may stay open), but once its first byte has arrived the rest must arrive within
+    ``frame_timeout`` seconds, and a send must complete within it too; otherwise
+    ``ProtocolError`` (receive) or ``TimeoutError`` (send). Timeouts need the channel to
+    be used by one thread at a time.
     """
 
     def __init__(
-        self, sock: socket.socket, max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES
+        self,
+        sock: socket.socket,
+        max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
+        frame_timeout: float | None = None,
     ) -> None:
         self.sock = sock
         self.max_frame_bytes = max_frame_bytes
+        self.frame_timeout = frame_timeout
         self._send_lock = threading.Lock()
 
     def send(self, frame: Frame) -> None:
         data = codec.encode(frame, self.max_frame_bytes)
         with self._send_lock:
+            if self.frame_timeout is not None:
+                self.sock.settimeout(self.frame_timeout)
             self.sock.sendall(_LENGTH.pack(len(data)) + data)
 
     def recv(self) -> AnyFrame:
         """One decoded frame; ``EOFError`` when the peer closed between frames."""
-        header = self._recv_exactly(_LENGTH.size, at_boundary=True)
+        deadline: float | None = None
+        if self.frame_timeout is not None:
+            self.sock.settimeout(None)  # idle between frames: no limit
+            first = self.sock.recv(1)
+            if not first:
+                raise EOFError("peer closed the connection")
+            deadline = time.monotonic() + self.frame_timeout
+            header = first + self._recv_exactly(_LENGTH.size - 1, deadline)
+        else:
+            header = self._recv_exactly(_LENGTH.size, None, at_boundary=True)
         (length,) = _LENGTH.unpack(header)
         if length > self.max_frame_bytes:
             raise ProtocolError(
                 f"frame length {length} is over the {self.max_frame_bytes}-byte cap"
             )
-        return codec.decode(self._recv_exactly(length, at_boundary=False), self.max_frame_bytes)
+        return codec.decode(self._recv_exactly(length, deadline), self.max_frame_bytes)
 
-    def _recv_exactly(self, size: int, *, at_boundary: bool) -> bytes:
+    def _recv_exactly(
+        self, size: int, deadline: float | None, *, at_boundary: bool = False
+    ) -> bytes:
         buf = bytearray()
         while len(buf) < size:
-            part = self.sock.recv(min(size - len(buf), 1 << 20))
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._too_slow()
+                self.sock.settimeout(remaining)
+            try:
+                part = self.sock.recv(min(size - len(buf), 1 << 20))
+            except TimeoutError:
+                if deadline is None:
+                    raise
+                raise self._too_slow() from None
             if not part:
                 if at_boundary and not buf:
                     raise EOFError("peer closed the connection")
                 raise ProtocolError("connection closed in the middle of a frame")
             buf += part
         return bytes(buf)
+
+    def _too_slow(self) -> ProtocolError:
+        return ProtocolError(
+            f"frame not completed within {self.frame_timeout:g} s of its first byte "
+            "(frame_timeout_s)"
+        )
 
     def close(self) -> None:
         try:

@@ -1,0 +1,41 @@
+"""Per-request limits, checked before a request reaches any queue or worker.
+
+One pure function, called by the daemon for socket requests and by ``Supervisor`` for
+in-process calls, so both enforce the same limits. Total size is bounded separately by
+``max_frame_bytes`` (a frame over it is never decoded).
+"""
+
+from __future__ import annotations
+
+from lilbee_workers.config import SupervisorConfig
+from lilbee_workers.errors import InvalidRequest
+from lilbee_workers.transport.frames import ChatRequest, EmbedRequest, Request, RerankRequest
+
+
+def check_request(role: str, request: Request, config: SupervisorConfig) -> None:
+    """Raise ``InvalidRequest`` naming the limit when ``request`` is over one of
+    ``role``'s limits. A role that is not configured passes (its dispatcher answers)."""
+    role_config = config.roles.get(role)
+    if role_config is None:
+        return
+    items = _items(request)
+    if items is not None:
+        what, count = items
+        limit = role_config.max_batch_items
+        if count > limit:
+            raise InvalidRequest(
+                f"{count} {what} in one request is over the limit of {limit} "
+                f"(roles.{role}.max_batch_items); split the request",
+                role=role,
+            )
+
+
+def _items(request: Request) -> tuple[str, int] | None:
+    """What a request carries a list of, and how many."""
+    if isinstance(request, EmbedRequest):
+        return "texts", len(request.texts)
+    if isinstance(request, RerankRequest):
+        return "documents", len(request.documents)
+    if isinstance(request, ChatRequest):
+        return "messages", len(request.messages)
+    return None
