@@ -22,10 +22,11 @@ from lilbee_workers.errors import (
     ProtocolError,
     WorkerError,
     WorkerTimeout,
-    error_from_frame,
 )
+from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
+from lilbee_workers.transport.error_frames import from_frame
 from lilbee_workers.transport.frames import (
     FINAL_REPLIES,
     AnyFrame,
@@ -37,6 +38,7 @@ from lilbee_workers.transport.frames import (
     RestartReply,
     RestartRequest,
     RoleStatus,
+    SocketReply,
     StatusReply,
     StatusRequest,
 )
@@ -50,7 +52,9 @@ class _SocketCall:
     """One request on one pooled connection; the connection goes back to the pool
     after the final frame, and is closed (which cancels the call) otherwise."""
 
-    def __init__(self, client: Client, channel: SocketChannel, request_id: int) -> None:
+    def __init__(
+        self, client: Client, channel: SocketChannel[SocketReply], request_id: int
+    ) -> None:
         self._client = client
         self._channel = channel
         self._id = request_id
@@ -80,7 +84,7 @@ class _SocketCall:
             self._done = True
             self._client._give_back(self._channel)
         if isinstance(frame, ErrorFrame):
-            raise error_from_frame(frame)
+            raise from_frame(frame)
         return frame
 
     def cancel(self) -> None:
@@ -123,13 +127,13 @@ class Client(WorkerAPI):
         self.daemon_user = (
             daemon_user if daemon_user is not None else os.environ.get(DAEMON_USER_ENV)
         )
-        self._pool: list[SocketChannel] = []
+        self._pool: list[SocketChannel[SocketReply]] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ connections
 
-    def _connect(self) -> SocketChannel:
+    def _connect(self) -> SocketChannel[SocketReply]:
         with self._lock:
             if self._pool:
                 return self._pool.pop()
@@ -149,7 +153,7 @@ class Client(WorkerAPI):
         except BaseException:
             sock.close()
             raise
-        return SocketChannel(sock, self.max_frame_bytes)
+        return SocketChannel(sock, codec.FROM_DAEMON, self.max_frame_bytes)
 
     def _check_daemon_owner(self, sock: socket.socket) -> None:
         """Refuse a daemon run by a user we have no reason to trust."""
@@ -183,7 +187,7 @@ class Client(WorkerAPI):
                 f"{DAEMON_USER_ENV} / daemon_user names no user {user!r} on this system"
             ) from None
 
-    def _give_back(self, channel: SocketChannel) -> None:
+    def _give_back(self, channel: SocketChannel[SocketReply]) -> None:
         with self._lock:
             if len(self._pool) < self.pool_size:
                 self._pool.append(channel)
@@ -239,14 +243,14 @@ class Client(WorkerAPI):
         return frame.roles
 
 
-def _refusal(channel: SocketChannel) -> WorkerError | None:
+def _refusal(channel: SocketChannel[SocketReply]) -> WorkerError | None:
     """The error a daemon sent just before closing this connection, if any."""
     try:
         channel.sock.settimeout(1.0)
         frame = channel.recv()
     except (OSError, EOFError, ProtocolError):
         return None
-    return error_from_frame(frame) if isinstance(frame, ErrorFrame) else None
+    return from_frame(frame) if isinstance(frame, ErrorFrame) else None
 
 
 def _provisioned_for(socket_path: Path, uid: int) -> bool:

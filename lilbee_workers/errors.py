@@ -1,8 +1,23 @@
-"""The one small exception hierarchy callers see, and its mapping to ``ErrorFrame``."""
+"""The one small exception hierarchy callers see. It imports nothing of ours: the
+mapping to and from the wire's ``ErrorFrame`` lives in ``transport.error_frames``."""
 
 from __future__ import annotations
 
-from lilbee_workers.transport.frames import ErrorFrame, ErrorKind
+from typing import Literal
+
+ErrorKind = Literal[
+    "invalid_request",
+    "model",
+    "protocol",
+    "crashed",
+    "timeout",
+    "unavailable",
+    "overloaded",
+    "cancelled",
+    "forbidden",
+    "internal",
+]
+"""What went wrong, in one word; each kind is one exception class below."""
 
 
 class WorkerError(Exception):
@@ -32,18 +47,6 @@ class WorkerError(Exception):
         if self.log_tail:
             text += "\n--- last lines of the worker log ---\n" + self.log_tail
         return text
-
-    def to_frame(self, request_id: int) -> ErrorFrame:
-        """This error as a frame, to cross a pipe or socket."""
-        return ErrorFrame(
-            id=request_id,
-            kind=self.kind,
-            message=self.message,
-            role=self.role,
-            retryable=self.retryable,
-            log_path=self.log_path,
-            log_tail=self.log_tail,
-        )
 
 
 class WorkerCrashed(WorkerError):
@@ -111,7 +114,7 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the bad key."""
 
 
-_BY_KIND: dict[str, type[WorkerError]] = {
+ERRORS_BY_KIND: dict[str, type[WorkerError]] = {
     cls.kind: cls
     for cls in (
         WorkerCrashed,
@@ -125,9 +128,4 @@ _BY_KIND: dict[str, type[WorkerError]] = {
         AccessDenied,
     )
 }
-
-
-def error_from_frame(frame: ErrorFrame) -> WorkerError:
-    """The exception an ``ErrorFrame`` stands for."""
-    cls = _BY_KIND.get(frame.kind, WorkerError)
-    return cls(frame.message, role=frame.role, log_path=frame.log_path, log_tail=frame.log_tail)
+"""The exception class for each error kind (``WorkerError`` for the rest)."""

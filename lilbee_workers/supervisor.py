@@ -13,6 +13,7 @@ from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
 from lilbee_workers.limits import check_request
 from lilbee_workers.logs import configure_logging
+from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.transport.frames import AnyFrame, Request, RoleStatus
 
@@ -98,17 +99,23 @@ class Supervisor(WorkerAPI):
 
     # ------------------------------------------------------------------ API
 
-    def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
+    def submit(self, role: str, request: Request, timeout: float | None = None) -> Call:
+        """Queue a request frame for ``role``, after the same checks as every call (for
+        servers that relay frames, such as the daemon). Read its replies with
+        ``wait_frame``/``next_frame``; ``cancel`` it if nobody will."""
         check_request(role, request, self.config)
-        return self.dispatcher(role).submit(request, self.queue_wait_s, timeout)
+        return self._dispatcher(role).submit(request, self.queue_wait_s, timeout)
+
+    def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
+        return self.submit(role, request, timeout)
 
     def _final(self, role: str, request: Request, timeout: float | None) -> AnyFrame:
         # Non-streaming: on an idle role the pipe I/O runs in this thread.
         check_request(role, request, self.config)
-        call = self.dispatcher(role).run_now(request, self.queue_wait_s, timeout)
+        call = self._dispatcher(role).run_now(request, self.queue_wait_s, timeout)
         return call.next_frame(timeout)
 
-    def dispatcher(self, role: str) -> RoleDispatcher:
+    def _dispatcher(self, role: str) -> RoleDispatcher:
         """The dispatcher of a configured role."""
         if self._closed:
             raise WorkerUnavailable("the supervisor is closed", role=role)
@@ -157,7 +164,7 @@ class Supervisor(WorkerAPI):
 
     def worker_pid(self, role: str) -> int | None:
         """The pid of a role's current worker (None when it has none)."""
-        worker = self.dispatcher(role).worker
+        worker = self._dispatcher(role).worker
         return worker.pid if worker is not None and worker.alive() else None
 
     @property

@@ -69,7 +69,7 @@ def shared_sup(make_config: Callable[..., SupervisorConfig]) -> Iterator[Supervi
 def sup(shared_sup: Supervisor) -> Supervisor:
     """The shared supervisor, checked healthy before each test."""
     for role in ("embed", "chat"):
-        wait_for_state(shared_sup.dispatcher(role), "ready", timeout=30)
+        wait_for_state(shared_sup._dispatcher(role), "ready", timeout=30)
     return shared_sup
 
 

@@ -17,6 +17,7 @@ from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
     Cancel,
     Frame,
+    HealthCommand,
     LogRecord,
     Ping,
     Pong,
@@ -36,7 +37,7 @@ def rss_bytes() -> int:
 class ForwardingHandler(logging.Handler):
     """Sends Python log records to the supervisor over the health pipe."""
 
-    def __init__(self, health: PipeChannel) -> None:
+    def __init__(self, health: PipeChannel[HealthCommand]) -> None:
         super().__init__(logging.INFO)
         self.health = health
 
@@ -54,7 +55,9 @@ class ForwardingHandler(logging.Handler):
             pass
 
 
-def serve_health(health: PipeChannel, state: RequestState, shutdown_grace_s: float) -> None:
+def serve_health(
+    health: PipeChannel[HealthCommand], state: RequestState, shutdown_grace_s: float
+) -> None:
     """PING -> PONG, CANCEL, SHUTDOWN -> ACK, until the supervisor goes away; then exit
     the process (nobody is left to serve)."""
     while True:
@@ -81,7 +84,9 @@ def serve_health(health: PipeChannel, state: RequestState, shutdown_grace_s: flo
             timer.start()
 
 
-def start_heartbeat(health: PipeChannel, state: RequestState, shutdown_grace_s: float) -> None:
+def start_heartbeat(
+    health: PipeChannel[HealthCommand], state: RequestState, shutdown_grace_s: float
+) -> None:
     threading.Thread(
         target=_guarded,
         args=(health, state, shutdown_grace_s),
@@ -90,7 +95,9 @@ def start_heartbeat(health: PipeChannel, state: RequestState, shutdown_grace_s: 
     ).start()
 
 
-def _guarded(health: PipeChannel, state: RequestState, shutdown_grace_s: float) -> None:
+def _guarded(
+    health: PipeChannel[HealthCommand], state: RequestState, shutdown_grace_s: float
+) -> None:
     """The heartbeat thread must not die quietly: a worker without one looks hung and
     is killed, so an unexpected error ends the process with the reason in its log."""
     try:
@@ -100,7 +107,7 @@ def _guarded(health: PipeChannel, state: RequestState, shutdown_grace_s: float) 
         os._exit(70)
 
 
-def _send_or_exit(channel: PipeChannel, frame: Frame) -> None:
+def _send_or_exit(channel: PipeChannel[HealthCommand], frame: Frame) -> None:
     try:
         channel.send(frame)
     except (OSError, ValueError):

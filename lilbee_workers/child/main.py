@@ -21,6 +21,7 @@ from lilbee_workers.logs import tail_lines
 from lilbee_workers.roles.base import RequestContext, Role
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.error_frames import to_frame
 from lilbee_workers.transport.frames import (
     DebugRequest,
     Frame,
@@ -32,7 +33,6 @@ from lilbee_workers.transport.frames import (
     WorkerBoot,
 )
 
-_REQUEST_TYPES = Request.__args__
 _boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)
 log = logging.getLogger("lilbee_workers.child")
 
@@ -44,14 +44,14 @@ def main(data_fd: int, health_fd: int) -> None:
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     use_log_streams()
-    data = PipeChannel(Connection(data_fd))
+    data = PipeChannel(Connection(data_fd), codec.TO_WORKER)
     try:
         boot = _boot_decoder.decode(data.recv_raw())
     except (EOFError, OSError, msgspec.DecodeError) as exc:
         print(f"lilbee-workers: no boot frame from the supervisor: {exc}", file=sys.stderr)
         os._exit(2)
     data.max_frame_bytes = boot.max_frame_bytes
-    health = PipeChannel(Connection(health_fd), boot.max_frame_bytes)
+    health = PipeChannel(Connection(health_fd), codec.TO_HEARTBEAT, boot.max_frame_bytes)
     print(
         f"=== lilbee-workers {boot.role} worker pid {os.getpid()} generation {boot.generation}",
         flush=True,
@@ -65,7 +65,7 @@ def main(data_fd: int, health_fd: int) -> None:
     Server(data, handler, state, config, boot).serve()
 
 
-def load(boot: WorkerBoot, data: PipeChannel, state: RequestState) -> Role:
+def load(boot: WorkerBoot, data: PipeChannel[Request], state: RequestState) -> Role:
     """Load the role's model and say READY; on failure say why and exit."""
     from lilbee_workers.roles import create_role
 
@@ -104,7 +104,7 @@ class Server:
 
     def __init__(
         self,
-        data: PipeChannel,
+        data: PipeChannel[Request],
         handler: Role,
         state: RequestState,
         config: RoleConfig,
@@ -124,12 +124,10 @@ class Server:
             except (EOFError, OSError):
                 return
             try:
-                request = codec.decode(raw, self.data.max_frame_bytes)
-                if not isinstance(request, _REQUEST_TYPES):
-                    raise ProtocolError(f"a worker does not accept {type(request).__name__} frames")
+                request = self.data.receives.decode(raw, self.data.max_frame_bytes)
             except ProtocolError as exc:
                 exc.role = self.handler.kind
-                self.data.send(exc.to_frame(codec.request_id_of(raw)))
+                self.data.send(to_frame(exc, codec.request_id_of(raw)))
                 continue
             self.state.begin(request.id)
             try:
@@ -141,7 +139,7 @@ class Server:
                 self.data.send(reply)
             except ProtocolError as exc:  # a reply over the frame cap
                 error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.kind)
-                self.data.send(error.to_frame(request.id))
+                self.data.send(to_frame(error, request.id))
 
     def run(self, request: Request) -> Frame:
         """One request's final frame; handler errors become typed ``ErrorFrame``s."""
@@ -164,7 +162,7 @@ class Server:
             exc.role = handler.kind
             if exc.kind not in ("invalid_request", "cancelled"):
                 exc.log_path = handler.log_path
-            return exc.to_frame(request.id)
+            return to_frame(exc, request.id)
         except Exception as exc:  # llama.cpp raised: the request failed, the worker lives
             log.exception("request %d failed", request.id)
             error = ModelError(
@@ -173,7 +171,7 @@ class Server:
                 log_path=handler.log_path,
                 log_tail=tail_lines(handler.log_path, 5),
             )
-            return error.to_frame(request.id)
+            return to_frame(error, request.id)
 
     def run_debug(self, request: DebugRequest) -> Frame:
         """Fault injection for tests (only when the role enables ``debug_requests``)."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import queue
 import time
 
-from lilbee_workers.errors import Cancelled, WorkerError, WorkerTimeout, error_from_frame
+from lilbee_workers.errors import Cancelled, WorkerError, WorkerTimeout
 from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.error_frames import from_frame
 from lilbee_workers.transport.frames import (
     AnyFrame,
     Cancel,
     ChatChunk,
     ErrorFrame,
+    HealthReport,
     Request,
 )
 
@@ -37,11 +39,11 @@ class Call:
         self._replies: queue.SimpleQueue[AnyFrame | WorkerError] = queue.SimpleQueue()
         # Plain attributes, no locks: under the GIL each assignment is atomic, and
         # bind/cancel each check the other's flag after setting their own.
-        self._bound: tuple[PipeChannel, int] | None = None
+        self._bound: tuple[PipeChannel[HealthReport], int] | None = None
 
     # ------------------------------------------------------------------ dispatcher side
 
-    def bind(self, health: PipeChannel, attempt_id: int) -> None:
+    def bind(self, health: PipeChannel[HealthReport], attempt_id: int) -> None:
         """The call now runs on a worker as request ``attempt_id``."""
         self._bound = (health, attempt_id)
         if self.cancelled:
@@ -94,7 +96,7 @@ class Call:
         if isinstance(item, WorkerError):
             raise item
         if isinstance(item, ErrorFrame):
-            raise error_from_frame(item)
+            raise from_frame(item)
         return item
 
     def cancel(self) -> None:
@@ -107,7 +109,7 @@ class Call:
             self._send_cancel(*bound)
 
     @staticmethod
-    def _send_cancel(health: PipeChannel, attempt_id: int) -> None:
+    def _send_cancel(health: PipeChannel[HealthReport], attempt_id: int) -> None:
         try:
             health.send(Cancel(id=attempt_id))
         except (OSError, ValueError):

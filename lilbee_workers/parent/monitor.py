@@ -19,7 +19,7 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.transport.channel import PipeChannel
-from lilbee_workers.transport.frames import LogRecord, Ping, Pong, ShutdownAck
+from lilbee_workers.transport.frames import HealthReport, LogRecord, Ping, Pong, ShutdownAck
 
 log = structlog.get_logger("lilbee_workers.monitor")
 
@@ -39,7 +39,7 @@ class HealthMonitor:
         self,
         role: str,
         pid: int,
-        health: PipeChannel,
+        health: PipeChannel[HealthReport],
         sentinel: int,
         config: RoleConfig,
         *,

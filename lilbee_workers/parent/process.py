@@ -35,6 +35,7 @@ from lilbee_workers.errors import ProtocolError
 from lilbee_workers.logs import rotate_if_large, tail_lines
 from lilbee_workers.parent.monitor import HealthMonitor
 from lilbee_workers.parent.policy import StartFailed
+from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import LoadFailed, Pong, Ready, Shutdown, WorkerBoot
 
@@ -101,8 +102,8 @@ class WorkerProcess:
         true (the supervisor is closing)."""
         rotate_if_large(self.log_path, self.log_max_bytes)
         data, health = self._spawn()
-        self.data = PipeChannel(data, self.max_frame_bytes)
-        self.health = PipeChannel(health, self.max_frame_bytes)
+        self.data = PipeChannel(data, codec.FROM_WORKER, self.max_frame_bytes)
+        self.health = PipeChannel(health, codec.FROM_HEARTBEAT, self.max_frame_bytes)
         # One poller for the data pipe and the death sentinel, reused by every call
         # (only the thread holding the role waits on it).
         self._poller = select.poll()

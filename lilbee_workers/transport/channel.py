@@ -11,19 +11,29 @@ import struct
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Generic, TypeVar
 
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.transport import codec
-from lilbee_workers.transport.frames import AnyFrame, Frame
+from lilbee_workers.transport.frames import Frame
+
+R = TypeVar("R")
 
 _LENGTH = struct.Struct("!I")
 
 
-class PipeChannel:
-    """One end of a ``multiprocessing.Pipe``, speaking frames with ``send_bytes``."""
+class PipeChannel(Generic[R]):
+    """One end of a pipe (a socket pair wrapped in a ``multiprocessing`` ``Connection``),
+    speaking frames with ``send_bytes``; it decodes only what ``receives`` carries."""
 
-    def __init__(self, conn: Connection, max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES):
+    def __init__(
+        self,
+        conn: Connection,
+        receives: codec.Wire[R],
+        max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
         self.conn = conn
+        self.receives = receives
         self.max_frame_bytes = max_frame_bytes
         self._send_lock = threading.Lock()
 
@@ -42,9 +52,9 @@ class PipeChannel:
         """One frame's bytes; ``EOFError`` when the peer is gone."""
         return self.conn.recv_bytes()
 
-    def recv(self) -> AnyFrame:
+    def recv(self) -> R:
         """One decoded frame; ``ProtocolError`` for a bad one, ``EOFError`` at the end."""
-        return codec.decode(self.recv_raw(), self.max_frame_bytes)
+        return self.receives.decode(self.recv_raw(), self.max_frame_bytes)
 
     def poll(self, timeout: float = 0.0) -> bool:
         return self.conn.poll(timeout)
@@ -53,7 +63,7 @@ class PipeChannel:
         self.conn.close()
 
 
-class SocketChannel:
+class SocketChannel(Generic[R]):
     """A stream socket speaking frames behind a 4-byte big-endian length prefix.
 
     A length over the cap is refused before any of the body is read. With
@@ -67,10 +77,12 @@ class SocketChannel:
     def __init__(
         self,
         sock: socket.socket,
+        receives: codec.Wire[R],
         max_frame_bytes: int = codec.DEFAULT_MAX_FRAME_BYTES,
         frame_timeout: float | None = None,
     ) -> None:
         self.sock = sock
+        self.receives = receives
         self.max_frame_bytes = max_frame_bytes
         self.frame_timeout = frame_timeout
         self._send_lock = threading.Lock()
@@ -82,7 +94,7 @@ class SocketChannel:
                 self.sock.settimeout(self.frame_timeout)
             self.sock.sendall(_LENGTH.pack(len(data)) + data)
 
-    def recv(self) -> AnyFrame:
+    def recv(self) -> R:
         """One decoded frame; ``EOFError`` when the peer closed between frames."""
         deadline: float | None = None
         if self.frame_timeout is not None:
@@ -99,7 +111,7 @@ class SocketChannel:
             raise ProtocolError(
                 f"frame length {length} is over the {self.max_frame_bytes}-byte cap"
             )
-        return codec.decode(self._recv_exactly(length, deadline), self.max_frame_bytes)
+        return self.receives.decode(self._recv_exactly(length, deadline), self.max_frame_bytes)
 
     def _recv_exactly(
         self, size: int, deadline: float | None, *, at_boundary: bool = False

@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from lilbee_workers.errors import ProtocolError
-from lilbee_workers.transport.frames import AnyFrame, Frame
+from lilbee_workers.transport.frames import (
+    AnyFrame,
+    DataReply,
+    Frame,
+    HealthCommand,
+    HealthReport,
+    Request,
+    SocketReply,
+    SocketRequest,
+)
+
+F = TypeVar("F")
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Largest frame accepted on any wire unless configured otherwise (64 MiB)."""
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[AnyFrame] = msgspec.msgpack.Decoder(AnyFrame)
+
+
+class Wire(Generic[F]):
+    """What one direction of one wire carries, with its own typed decoder."""
+
+    def __init__(self, name: str, frames: Any) -> None:
+        self.name = name
+        self._decoder: msgspec.msgpack.Decoder[F] = msgspec.msgpack.Decoder(frames)
+
+    def decode(self, data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> F:
+        """Decode one frame; garbage, a tag this wire does not carry, a wrong type or an
+        oversized frame is a ``ProtocolError``."""
+        if len(data) > max_bytes:
+            raise ProtocolError(f"frame of {len(data)} bytes is over the {max_bytes}-byte cap")
+        try:
+            return self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(f"invalid frame on the {self.name}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"undecodable frame: {exc}") from None
+
+
+TO_WORKER: Wire[Request] = Wire("data pipe", Request)
+FROM_WORKER: Wire[DataReply] = Wire("data pipe", DataReply)
+TO_HEARTBEAT: Wire[HealthCommand] = Wire("health pipe", HealthCommand)
+FROM_HEARTBEAT: Wire[HealthReport] = Wire("health pipe", HealthReport)
+TO_DAEMON: Wire[SocketRequest] = Wire("daemon socket", SocketRequest)
+FROM_DAEMON: Wire[SocketReply] = Wire("daemon socket", SocketReply)
+ANY_WIRE: Wire[AnyFrame] = Wire("wire", AnyFrame)
 
 
 def encode(frame: Frame, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
@@ -30,16 +69,8 @@ def encode(frame: Frame, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
 
 
 def decode(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> AnyFrame:
-    """Decode one frame; garbage, an unknown tag, a wrong type or an oversized frame
-    is a ``ProtocolError``."""
-    if len(data) > max_bytes:
-        raise ProtocolError(f"frame of {len(data)} bytes is over the {max_bytes}-byte cap")
-    try:
-        return _decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(f"invalid frame: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"undecodable frame: {exc}") from None
+    """Decode one frame of any kind (tools and tests; receivers use their ``Wire``)."""
+    return ANY_WIRE.decode(data, max_bytes)
 
 
 def request_id_of(data: bytes | memoryview) -> int:

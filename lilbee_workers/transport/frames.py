@@ -19,6 +19,7 @@ from typing import Literal
 
 import msgspec
 
+from lilbee_workers.errors import ErrorKind
 from lilbee_workers.types import ChatMessage, RerankItem, RoleStatus
 
 __all__ = ["ChatMessage", "RerankItem", "RoleStatus"]  # public types, carried by frames
@@ -181,20 +182,6 @@ class NoopResult(Frame, tag="noop_result"):
     id: int
 
 
-ErrorKind = Literal[
-    "invalid_request",
-    "model",
-    "protocol",
-    "crashed",
-    "timeout",
-    "unavailable",
-    "overloaded",
-    "cancelled",
-    "forbidden",
-    "internal",
-]
-
-
 class ErrorFrame(Frame, tag="error"):
     """A typed error; becomes a ``WorkerError`` subclass on the caller's side."""
 
@@ -280,19 +267,16 @@ class RestartReply(Frame, tag="restart_result"):
 
 
 Request = EmbedRequest | ChatRequest | RerankRequest | VisionRequest | NoopRequest | DebugRequest
-"""What a worker's data pipe accepts."""
+"""Work for a role's worker."""
 
 ControlRequest = StatusRequest | RestartRequest
 """What only the daemon answers."""
 
-AnyFrame = (
-    EmbedRequest
-    | ChatRequest
-    | RerankRequest
-    | VisionRequest
-    | NoopRequest
-    | DebugRequest
-    | Ready
+# One union per direction of each wire: a receiver decodes only what its peer may send,
+# so a frame of the wrong kind is a ``ProtocolError`` at the codec, not a later check.
+
+DataReply = (
+    Ready
     | LoadFailed
     | EmbedResult
     | ChatChunk
@@ -300,18 +284,56 @@ AnyFrame = (
     | RerankResult
     | NoopResult
     | ErrorFrame
-    | Ping
-    | Pong
-    | Cancel
-    | Shutdown
-    | ShutdownAck
-    | LogRecord
+)
+"""Worker -> supervisor on the data pipe (the supervisor sends ``Request``s)."""
+
+HealthCommand = Ping | Cancel | Shutdown
+"""Supervisor -> worker's heartbeat thread."""
+
+HealthReport = Pong | ShutdownAck | LogRecord
+"""Worker's heartbeat thread -> supervisor."""
+
+SocketRequest = (
+    EmbedRequest
+    | ChatRequest
+    | RerankRequest
+    | VisionRequest
+    | NoopRequest
+    | DebugRequest
     | StatusRequest
-    | StatusReply
     | RestartRequest
+)
+"""Client -> daemon."""
+
+SocketReply = (
+    EmbedResult
+    | ChatChunk
+    | ChatResult
+    | RerankResult
+    | NoopResult
+    | ErrorFrame
+    | StatusReply
     | RestartReply
 )
-"""Every frame; the codec decodes into this union."""
+"""Daemon -> client."""
+
+AnyFrame = Request | DataReply | HealthCommand | HealthReport | ControlRequest | SocketReply
+"""Every frame (for tools and tests that read any wire)."""
+
+ROLE_OF_REQUEST: dict[type, str] = {
+    EmbedRequest: "embed",
+    ChatRequest: "chat",
+    RerankRequest: "rerank",
+    VisionRequest: "vision",
+}
+
+
+def role_of(request: Request) -> str:
+    """The role a request is for (noop and debug requests name theirs)."""
+    if isinstance(request, (NoopRequest, DebugRequest)):
+        return request.role
+    return ROLE_OF_REQUEST[type(request)]
+
 
 FINAL_REPLIES = (EmbedResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
 """Frames that end a request."""

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import FAST
 from daemon_helpers import DaemonProcess, write_config
+from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel
 from lilbee_workers.transport.frames import (
     FINAL_REPLIES,
@@ -127,7 +128,7 @@ def exchange(daemon: DaemonProcess, payload: bytes) -> list[Any]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(60)
     sock.connect(str(daemon.socket))
-    channel = SocketChannel(sock)
+    channel = SocketChannel(sock, codec.FROM_DAEMON)
     replies: list[Any] = []
     try:
         sock.sendall(struct.pack("!I", len(payload)) + payload)
@@ -173,7 +174,7 @@ def test_frame_over_the_cap_is_refused_before_it_is_read(daemon: DaemonProcess) 
     sock.settimeout(10)
     sock.connect(str(daemon.socket))
     sock.sendall(struct.pack("!I", 10 * 1024 * 1024))  # announce 10 MiB, send none of it
-    reply = SocketChannel(sock).recv()
+    reply = SocketChannel(sock, codec.FROM_DAEMON).recv()
     assert isinstance(reply, ErrorFrame) and "over the 262144-byte cap" in reply.message
     sock.close()
 

@@ -144,7 +144,7 @@ def _raw_connection(daemon: DaemonProcess) -> socket.socket:
 
 
 def _reply_then_close(sock: socket.socket) -> ErrorFrame:
-    channel = SocketChannel(sock)
+    channel = SocketChannel(sock, codec.FROM_DAEMON)
     frame = channel.recv()
     assert isinstance(frame, ErrorFrame)
     with pytest.raises((EOFError, ConnectionResetError)):
@@ -231,7 +231,7 @@ def test_client_of_another_uid_is_refused(daemon: DaemonProcess) -> None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(10)
             sock.connect(str(daemon.socket))
-            channel = SocketChannel(sock)
+            channel = SocketChannel(sock, codec.FROM_DAEMON)
             try:
                 channel.send(StatusRequest(id=1))
             except OSError:
@@ -255,7 +255,7 @@ def test_client_of_another_uid_is_refused(daemon: DaemonProcess) -> None:
 
 def test_status_request_frame_roundtrip(daemon: DaemonProcess) -> None:
     sock = _raw_connection(daemon)
-    channel = SocketChannel(sock)
+    channel = SocketChannel(sock, codec.FROM_DAEMON)
     channel.send(StatusRequest(id=41))
     reply = channel.recv()
     assert isinstance(reply, StatusReply) and reply.id == 41

@@ -31,6 +31,8 @@ from lilbee_workers import (
     WorkerError,
 )
 from lilbee_workers.daemon import Daemon, DaemonSetupError
+from lilbee_workers.server import SocketServer
+from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel, encode_prefixed
 from lilbee_workers.transport.frames import (
     DebugRequest,
@@ -67,14 +69,14 @@ def _connect(path: Path, timeout: float = 10) -> socket.socket:
 def _served(path: Path) -> socket.socket:
     """A connection the daemon has admitted (it answered a status request on it)."""
     sock = _connect(path)
-    channel = SocketChannel(sock)
+    channel = SocketChannel(sock, codec.FROM_DAEMON)
     channel.send(StatusRequest(id=7))
     assert isinstance(channel.recv(), StatusReply)
     return sock
 
 
 def _error_then_eof(sock: socket.socket) -> ErrorFrame:
-    channel = SocketChannel(sock)
+    channel = SocketChannel(sock, codec.FROM_DAEMON)
     frame = channel.recv()
     assert isinstance(frame, ErrorFrame), frame
     with pytest.raises((EOFError, ConnectionResetError)):
@@ -129,7 +131,7 @@ def test_connections_past_the_cap_get_overloaded_and_the_daemon_recovers(
         with pytest.raises(Overloaded, match="max_connections"):  # the Client's view
             Client(limited.socket).status()
         # The held connections are still served.
-        channel = SocketChannel(held[0])
+        channel = SocketChannel(held[0], codec.FROM_DAEMON)
         channel.send(StatusRequest(id=8))
         assert isinstance(channel.recv(), StatusReply)
     finally:
@@ -161,7 +163,7 @@ def test_a_trickled_frame_is_cut_after_frame_timeout_but_idle_connections_stay(
     trickler.close()
     assert error.kind == "protocol" and "frame_timeout_s" in error.message
     assert cut_after >= FRAME_TIMEOUT_S * 0.9
-    channel = SocketChannel(idle)  # the idle connection was left alone
+    channel = SocketChannel(idle, codec.FROM_DAEMON)  # the idle connection was left alone
     channel.send(StatusRequest(id=3))
     assert isinstance(channel.recv(), StatusReply)
     idle.close()
@@ -257,44 +259,57 @@ def _bare_daemon(model_path: str, tmp_path: Path, **top: Any) -> Daemon:
     return Daemon(config, socket_path=tmp_path / "run" / "d.sock")
 
 
-def test_watchdog_is_not_fed_once_the_accept_loop_is_gone(tmp_path: Path, model_path: str) -> None:
+def _bare_server(model_path: str, tmp_path: Path) -> tuple[Daemon, SocketServer]:
+    """A daemon with a socket server that never accepts (its listener is unbound)."""
     daemon = _bare_daemon(model_path, tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server = SocketServer(
+        listener, daemon.config, daemon.supervisor, threading.Event(), daemon._count_error
+    )
+    daemon.server = server
+    return daemon, server
+
+
+def test_watchdog_is_not_fed_once_the_accept_loop_is_gone(tmp_path: Path, model_path: str) -> None:
+    daemon, server = _bare_server(model_path, tmp_path)
     finished = threading.Thread(target=lambda: None)
     finished.start()
     finished.join()
-    daemon._accept_thread = finished
+    server._accept_thread = finished
     assert not daemon._healthy()
     alive = threading.Event()
     running = threading.Thread(target=alive.wait)
     running.start()
-    daemon._accept_thread = running
+    server._accept_thread = running
     try:
         assert daemon._healthy()
     finally:
         alive.set()
         running.join()
+        server.drain(0.0)
 
 
 def test_an_unexpected_error_in_a_connection_closes_that_connection_only(
     tmp_path: Path, model_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    daemon = _bare_daemon(model_path, tmp_path)
+    daemon, server = _bare_server(model_path, tmp_path)
 
-    def broken(channel: SocketChannel, frame: object) -> bool:
+    def broken(channel: SocketChannel[Any], frame: object) -> bool:
         raise RuntimeError("a bug in a handler")
 
-    monkeypatch.setattr(daemon, "_handle", broken)
+    monkeypatch.setattr(server, "_handle", broken)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     theirs.settimeout(10)
-    with daemon._lock:
-        daemon._connections.add(ours)
-    SocketChannel(theirs).send(StatusRequest(id=1))
-    daemon._serve_client(ours)  # must not raise
+    with server._lock:
+        server._connections.add(ours)
+    SocketChannel(theirs, codec.FROM_DAEMON).send(StatusRequest(id=1))
+    server._serve_client(ours)  # must not raise
     error = _error_then_eof(theirs)
     theirs.close()
     assert error.kind == "internal" and "a bug in a handler" in error.message
     assert daemon.thread_errors["connection"] == 1
-    assert not daemon._connections
+    assert not server._connections
+    server.drain(0.0)
 
 
 # ----------------------------------------------------------------- reload off the main loop

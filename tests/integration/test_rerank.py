@@ -62,7 +62,7 @@ def test_pair_longer_than_context_names_the_document_or_truncates(rerank_sup: Su
 
 def test_sigkill_mid_call_is_retried_with_the_right_answer(rerank_sup: Supervisor) -> None:
     reference = rerank_sup.rerank("what do bees make", DOCS)
-    dispatcher = rerank_sup.dispatcher("rerank")
+    dispatcher = rerank_sup._dispatcher("rerank")
     before = dispatcher.restarts
     pid = rerank_sup.worker_pid("rerank")
     assert pid is not None

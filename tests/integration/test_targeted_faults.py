@@ -16,7 +16,7 @@ from tiny_models import write_tiny_reranker
 
 
 def test_worker_killed_while_loading_is_started_again(sup: Supervisor) -> None:
-    dispatcher = sup.dispatcher("chat")
+    dispatcher = sup._dispatcher("chat")
     before = set(children_of(os.getpid()))
     done = dispatcher.restart()
     deadline = time.monotonic() + 30
@@ -45,7 +45,7 @@ def test_crash_loop_at_load_opens_the_circuit_and_restart_recovers(
         }
     )
     with Supervisor(config) as sup:
-        rerank = sup.dispatcher("rerank")
+        rerank = sup._dispatcher("rerank")
         wait_for_state(rerank, "failed", timeout=60)
         status = {s.role: s for s in sup.status()}
         assert "crashed" in status["rerank"].last_exit or "SIGABRT" in status["rerank"].last_exit
@@ -60,4 +60,4 @@ def test_crash_loop_at_load_opens_the_circuit_and_restart_recovers(
         [after] = sup.restart("rerank")
         assert after.state == "ready"
         assert len(sup.rerank("bees", ["honey", "rust"])) == 2
-        wait_until(lambda: sup.dispatcher("embed").state == "ready")
+        wait_until(lambda: sup._dispatcher("embed").state == "ready")
