@@ -16,9 +16,7 @@ import math
 import os
 import select
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +27,10 @@ from typing import Any
 import msgspec
 import structlog
 
-import lilbee_workers
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.logs import rotate_if_large, tail_lines
+from lilbee_workers.parent.launch import launch_worker
 from lilbee_workers.parent.monitor import HealthMonitor
 from lilbee_workers.parent.policy import StartFailed
 from lilbee_workers.transport import codec
@@ -41,19 +39,7 @@ from lilbee_workers.transport.frames import LoadFailed, Pong, Ready, Shutdown, W
 
 log = structlog.get_logger("lilbee_workers.process")
 
-_PACKAGE_ROOT = str(Path(lilbee_workers.__file__).resolve().parent.parent)
 _START_POLL_S = 0.2  # how often a loading worker's wait re-checks for shutdown
-
-
-def worker_environment() -> dict[str, str]:
-    """The parent's environment, with this package importable and ggml quiet on abort."""
-    env = dict(os.environ)
-    paths = [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    # On an abort, ggml would attach gdb to print a backtrace: slow, and it buries
-    # llama.cpp's own assert message (the line users need) under the backtrace.
-    env.setdefault("GGML_NO_BACKTRACE", "1")
-    return env
 
 
 class WorkerProcess:
@@ -136,32 +122,13 @@ class WorkerProcess:
         return self.ready
 
     def _spawn(self) -> tuple[Connection, Connection]:
-        """Start ``python -m lilbee_workers.child`` with its ends of two socket pairs;
-        return the parent's ends (data, health)."""
-        data_parent, data_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        health_parent, health_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = (data_child.fileno(), health_child.fileno())
-        command = [sys.executable, "-m", "lilbee_workers.child", *map(str, fds), str(os.getpid())]
         try:
-            with open(self.log_path, "ab") as log_file:
-                self._popen = subprocess.Popen(
-                    command,
-                    pass_fds=fds,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    env=worker_environment(),
-                )
+            launched = launch_worker(self.role, self.log_path)
         except OSError as exc:
-            data_parent.close()
-            health_parent.close()
             raise StartFailed(f"cannot start a {self.role} worker: {exc}", crashed=False) from None
-        finally:
-            data_child.close()
-            health_child.close()
-        self._pid = self._popen.pid
-        self._pidfd = os.pidfd_open(self._pid)
-        return Connection(data_parent.detach()), Connection(health_parent.detach())
+        self._popen, self._pidfd = launched.popen, launched.pidfd
+        self._pid = launched.popen.pid
+        return launched.data, launched.health
 
     def _send_boot(self) -> None:
         """The worker's first frame: what to load and how."""

@@ -256,17 +256,25 @@ def test_worker_log_at_a_custom_level_does_not_stop_hang_detection(sup: Supervis
     wait_for_state(dispatcher, "ready")
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(24, "Too many open files"), "Too many open files"),  # EMFILE
+        (RuntimeError("a bug while starting"), "a bug while starting"),  # anything else
+    ],
+)
 def test_unexpected_error_while_starting_fails_the_role_with_the_reason(
-    make_config: Callable[..., SupervisorConfig], monkeypatch: pytest.MonkeyPatch
+    make_config: Callable[..., SupervisorConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    reason: str,
 ) -> None:
-    import errno
+    from lilbee_workers.parent import launch
 
-    from lilbee_workers.parent import process
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise error
 
-    def no_fds(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(process.socket, "socketpair", no_fds)
+    monkeypatch.setattr(launch.socket, "socketpair", broken)
     sup = Supervisor(make_config({"embed": {}}))
     try:
         done = threading.Thread(target=sup.start)
@@ -274,9 +282,9 @@ def test_unexpected_error_while_starting_fails_the_role_with_the_reason(
         done.join(20)
         assert not done.is_alive(), "start() hung after an unexpected error"
         [status] = sup.status()
-        assert status.state == "failed" and "Too many open files" in status.last_exit
+        assert status.state == "failed" and reason in status.last_exit
         assert sup.healthy(), "the dispatcher thread died"
-        with pytest.raises(WorkerUnavailable, match="Too many open files"):
+        with pytest.raises(WorkerUnavailable, match=reason):
             sup.embed(["x"])
         monkeypatch.undo()
         [after] = sup.restart("embed")
