@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import msgspec
+import structlog
 
 from lilbee_workers.errors import ConfigError
 from lilbee_workers.logs import MAX_LOG_BYTES
@@ -16,6 +18,8 @@ from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 MAX_SECONDS = 7 * 24 * 3600.0
 """Longest duration any ``*_s`` key accepts (a week): past it a value is a typo, and
 an infinite one breaks the timers that use it."""
+
+log = structlog.get_logger("lilbee_workers.config")
 
 ROLE_KINDS = ("embed", "chat", "rerank", "vision")
 """The roles a supervisor can run, one worker each."""
@@ -46,8 +50,12 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     rerank_mode: Literal["rank", "generative"] = "rank"
     """rerank: ``rank`` needs a model with a rank head; ``generative`` scores P(yes)."""
     max_image_bytes: int = 16 * 1024 * 1024
-    request_timeout_s: float = 300.0
-    """Deadline of one call inside the worker; past it the worker is killed and restarted."""
+    kill_after_s: float = 300.0
+    """Longest one call may run inside the worker: past it the worker is killed and
+    restarted, and the call retried once. A last resort for a wedged llama.cpp, not the
+    caller's timeout (that is each call's ``timeout=``, which cancels without a kill)."""
+    request_timeout_s: float | None = None
+    """Deprecated name of ``kill_after_s``; still read, with a warning."""
     start_timeout_s: float = 120.0
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
@@ -66,6 +74,17 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     debug_requests: bool = False
     """Accept ``DebugRequest`` fault injection (tests only)."""
 
+    def __post_init__(self) -> None:
+        if self.request_timeout_s is not None:
+            warnings.warn(
+                "request_timeout_s is deprecated: it is the worker kill deadline, now "
+                "named kill_after_s",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            self.kill_after_s = self.request_timeout_s
+            self.request_timeout_s = None
+
     def validate(self, role: str) -> None:
         """Raise ``ConfigError`` naming the first bad key."""
         where = f"roles.{role}"
@@ -81,7 +100,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             if value <= 0:
                 raise ConfigError(f"{where}.{key} must be > 0, got {value}")
         times = {
-            "request_timeout_s": self.request_timeout_s,
+            "kill_after_s": self.kill_after_s,
             "start_timeout_s": self.start_timeout_s,
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "heartbeat_timeout_s": self.heartbeat_timeout_s,
@@ -212,6 +231,13 @@ def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfi
         roles = raw.get("roles", {}) if isinstance(raw, dict) else {}
         if isinstance(roles, dict):
             for name, table in roles.items():
+                if isinstance(table, dict) and "request_timeout_s" in table:
+                    log.warning(
+                        "deprecated config key: use kill_after_s (same meaning: the worker "
+                        "kill deadline of one call)",
+                        key=f"roles.{name}.request_timeout_s",
+                        source=source,
+                    )
                 try:
                     roles[name] = msgspec.convert(table, RoleConfig)
                 except msgspec.ValidationError as exc:

@@ -64,7 +64,7 @@ def run_attempt(worker: WorkerProcess, call: Call, config: RoleConfig) -> Outcom
     except (OSError, ValueError):
         return Lost(worker.exit_description())
     call.bind(worker.health, attempt_id)
-    deadline = time.monotonic() + config.request_timeout_s
+    deadline = time.monotonic() + config.kill_after_s
     cancel_deadline: float | None = None
     try:
         while True:
@@ -78,7 +78,7 @@ def run_attempt(worker: WorkerProcess, call: Call, config: RoleConfig) -> Outcom
                 reason = f"ignored cancel for {config.cancel_grace_s:g}s"
                 return Lost(reason, kill=reason, crashed=False, abandoned=True)
             if now >= deadline:
-                reason = f"overran the {config.request_timeout_s:g}s request deadline"
+                reason = f"overran the {config.kill_after_s:g}s kill_after_s deadline"
                 return Lost(reason, kill=reason)
             readable, dead = worker.wait_data(min(deadline - now, _TICK_S))
             if readable:

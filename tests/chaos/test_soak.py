@@ -48,7 +48,7 @@ ROLE_SETTINGS = {
     "max_restarts": 1000,
     "restart_window_s": 60.0,
     "queue_size": 64,
-    "request_timeout_s": 20.0,
+    "kill_after_s": 20.0,
 }
 
 

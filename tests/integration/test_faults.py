@@ -261,7 +261,7 @@ def test_crash_loop_opens_the_circuit_and_restart_closes_it(
 def test_runaway_call_hits_its_deadline_and_is_retried(
     make_config: Callable[..., SupervisorConfig],
 ) -> None:
-    config = make_config({"chat": {"request_timeout_s": 1.0}})
+    config = make_config({"chat": {"kill_after_s": 1.0}})
     with Supervisor(config) as sup:
         generation = sup._dispatcher("chat").generation
         started = time.monotonic()
@@ -273,7 +273,7 @@ def test_runaway_call_hits_its_deadline_and_is_retried(
         assert isinstance(frame, NoopResult)
         assert time.monotonic() - started < 15
         last_exit = sup.status()[0].last_exit
-        assert "overran the 1s request deadline" in last_exit
+        assert "overran the 1s kill_after_s deadline" in last_exit
 
 
 def test_full_queue_answers_overloaded(make_config: Callable[..., SupervisorConfig]) -> None:

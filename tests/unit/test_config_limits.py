@@ -12,7 +12,7 @@ from lilbee_workers.errors import ConfigError
     ("key", "value"),
     [
         ("start_timeout_s", "inf"),
-        ("request_timeout_s", "nan"),
+        ("kill_after_s", "nan"),
         ("heartbeat_timeout_s", "1e12"),
         ("cancel_grace_s", "-1.0"),
         ("failed_cooldown_s", "inf"),
@@ -32,3 +32,13 @@ def test_drain_timeout_must_be_finite() -> None:
 def test_sane_durations_pass() -> None:
     config = parse_config('[roles.embed]\nmodel = "m.gguf"\nstart_timeout_s = 600.0\n')
     assert config.roles["embed"].start_timeout_s == 600.0
+
+
+def test_old_request_timeout_key_is_read_as_kill_after_s_with_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = parse_config('[roles.embed]\nmodel = "m.gguf"\nrequest_timeout_s = 42.0\n')
+    assert config.roles["embed"].kill_after_s == 42.0
+    assert any("kill_after_s" in str(w.message) for w in caught)
