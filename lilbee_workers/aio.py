@@ -99,6 +99,30 @@ class AsyncWorkerAPI:
         )
         return AsyncChatStream(stream)
 
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncChatStream:
+        """Stream the continuation of a raw prompt (chat role, no template)."""
+        stream = await asyncio.to_thread(
+            self.sync.complete,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            timeout=timeout,
+        )
+        return AsyncChatStream(stream)
+
     async def rerank(
         self,
         query: str,

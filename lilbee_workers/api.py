@@ -20,6 +20,7 @@ from lilbee_workers.transport.frames import (
     ChatMessage,
     ChatRequest,
     ChatResult,
+    CompleteRequest,
     EmbedRequest,
     EmbedResult,
     NoopRequest,
@@ -175,6 +176,32 @@ class WorkerAPI(ABC):
         request = ChatRequest(
             id=0,
             messages=chat_messages(messages),
+            max_tokens=_optional_int(max_tokens, "max_tokens"),
+            temperature=_number(temperature, "temperature"),
+            top_p=_number(top_p, "top_p"),
+            stop=_strings(stop, "stop"),
+            seed=_optional_int(seed, "seed"),
+        )
+        return ChatStream(self._open("chat", request, timeout), timeout)
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> ChatStream:
+        """Stream the continuation of a raw prompt (no chat template), served by the
+        chat role: what a base model such as the bundled gemma 3 270M is good at."""
+        if not isinstance(prompt, str):
+            raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}")
+        request = CompleteRequest(
+            id=0,
+            prompt=prompt,
             max_tokens=_optional_int(max_tokens, "max_tokens"),
             temperature=_number(temperature, "temperature"),
             top_p=_number(top_p, "top_p"),

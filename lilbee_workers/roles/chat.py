@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
@@ -21,6 +21,7 @@ from lilbee_workers.transport.frames import (
     ChatMessage,
     ChatRequest,
     ChatResult,
+    CompleteRequest,
     Frame,
     Request,
 )
@@ -90,7 +91,28 @@ def stream_chat(
     **sampling: Any,
 ) -> ChatResult:
     """Run a chat completion, forwarding its text as ``ChatChunk`` frames as it is
-    generated (cancellable at each token); end with the whole result.
+    generated (cancellable at each token); end with the whole result."""
+    return stream_generation(
+        llm,
+        meter,
+        ctx,
+        lambda: llm.create_chat_completion(messages=messages, stream=True, **sampling),  # type: ignore[arg-type]
+        lambda choice: choice["delta"].get("content"),
+        prompt_cache=prompt_cache,
+    )
+
+
+def stream_generation(
+    llm: Llama,
+    meter: GenerationMeter,
+    ctx: RequestContext,
+    start: Callable[[], Any],
+    text_of: Callable[[dict[str, Any]], str | None],
+    *,
+    prompt_cache: bool = False,
+) -> ChatResult:
+    """Stream a llama-cpp-python generation (``start()`` returns its chunk iterator) as
+    ``ChatChunk`` frames; end with the whole result.
 
     Unless ``prompt_cache``, the model's state is reset first: llama-cpp-python would
     reuse the prompt prefix left by the previous call and evaluate the rest in another
@@ -99,15 +121,13 @@ def stream_chat(
     meter.cancel = ctx.cancel
     if not prompt_cache:
         llm.reset()  # type: ignore[no-untyped-call]
-    stream: Iterator[Any] = iter(
-        llm.create_chat_completion(messages=messages, stream=True, **sampling)  # type: ignore[arg-type]
-    )
     pieces: list[str] = []
     finish_reason = "length"
     try:
+        stream: Iterator[Any] = iter(start())
         for chunk in stream:
             choice = chunk["choices"][0]
-            text = choice["delta"].get("content")
+            text = text_of(choice)
             if text:
                 ctx.emit(ChatChunk(id=ctx.request_id, index=len(pieces), text=text))
                 pieces.append(text)
@@ -148,7 +168,7 @@ def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 class ChatRole(Role):
     kind = "chat"
-    accepts = (ChatRequest,)
+    accepts = (ChatRequest, CompleteRequest)
     llm: Llama
     meter: GenerationMeter
 
@@ -160,6 +180,8 @@ class ChatRole(Role):
         return LoadedModel(n_ctx=self.llm.n_ctx(), chat_template=template)
 
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
+        if isinstance(request, CompleteRequest):
+            return self.complete(request, ctx)
         assert isinstance(request, ChatRequest)
         messages = check_messages(request.messages)
         check_sampling(request.max_tokens, request.temperature, request.top_p)
@@ -174,5 +196,30 @@ class ChatRole(Role):
             top_p=request.top_p,
             stop=list(request.stop),
             seed=request.seed,
+            prompt_cache=self.config.prompt_cache,
+        )
+
+    def complete(self, request: CompleteRequest, ctx: RequestContext) -> ChatResult:
+        """Continue a raw prompt: no chat template (base models continue text well and
+        babble through a template they were never trained on)."""
+        if not request.prompt:
+            raise InvalidRequest("prompt must not be empty")
+        check_sampling(request.max_tokens, request.temperature, request.top_p)
+        check_seed(request.seed)
+        llm = self.llm
+        return stream_generation(
+            llm,
+            self.meter,
+            ctx,
+            lambda: llm.create_completion(
+                request.prompt,
+                stream=True,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                stop=list(request.stop),
+                seed=request.seed,
+            ),
+            lambda choice: choice.get("text"),
             prompt_cache=self.config.prompt_cache,
         )

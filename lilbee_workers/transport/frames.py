@@ -53,6 +53,19 @@ class ChatRequest(Frame, tag="chat"):
     seed: int | None = None
 
 
+class CompleteRequest(Frame, tag="complete"):
+    """A raw prompt to continue, no chat template (what a base model is good at); the
+    reply streams as ``ChatChunk`` then ``ChatResult``. Served by the chat role."""
+
+    id: int
+    prompt: str
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: list[str] = msgspec.field(default_factory=list)
+    seed: int | None = None
+
+
 class RerankRequest(Frame, tag="rerank"):
     """A query and documents to score against it."""
 
@@ -266,7 +279,15 @@ class RestartReply(Frame, tag="restart_result"):
     roles: list[RoleStatus]
 
 
-Request = EmbedRequest | ChatRequest | RerankRequest | VisionRequest | NoopRequest | DebugRequest
+Request = (
+    EmbedRequest
+    | ChatRequest
+    | CompleteRequest
+    | RerankRequest
+    | VisionRequest
+    | NoopRequest
+    | DebugRequest
+)
 """Work for a role's worker."""
 
 ControlRequest = StatusRequest | RestartRequest
@@ -296,6 +317,7 @@ HealthReport = Pong | ShutdownAck | LogRecord
 SocketRequest = (
     EmbedRequest
     | ChatRequest
+    | CompleteRequest
     | RerankRequest
     | VisionRequest
     | NoopRequest
@@ -323,6 +345,7 @@ AnyFrame = Request | DataReply | HealthCommand | HealthReport | ControlRequest |
 ROLE_OF_REQUEST: dict[type, str] = {
     EmbedRequest: "embed",
     ChatRequest: "chat",
+    CompleteRequest: "chat",
     RerankRequest: "rerank",
     VisionRequest: "vision",
 }
