@@ -13,7 +13,8 @@ import numpy.typing as npt
 from lilbee_workers.api import ChatStream, MessagesLike, WorkerAPI
 from lilbee_workers.config import SupervisorConfig
 from lilbee_workers.supervisor import Supervisor
-from lilbee_workers.transport.frames import ChatResult, RerankItem, RoleStatus
+from lilbee_workers.transport.frames import ChatResult
+from lilbee_workers.types import RerankItem, RoleStatus
 
 _END = object()
 

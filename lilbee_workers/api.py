@@ -17,7 +17,6 @@ from lilbee_workers.errors import InvalidRequest, ProtocolError
 from lilbee_workers.transport.frames import (
     AnyFrame,
     ChatChunk,
-    ChatMessage,
     ChatRequest,
     ChatResult,
     CompleteRequest,
@@ -26,12 +25,11 @@ from lilbee_workers.transport.frames import (
     NoopRequest,
     NoopResult,
     Request,
-    RerankItem,
     RerankRequest,
     RerankResult,
-    RoleStatus,
     VisionRequest,
 )
+from lilbee_workers.types import ChatMessage, RerankItem, RoleStatus
 
 MessagesLike = str | Sequence[ChatMessage | Mapping[str, str]]
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lilbee_workers.transport.frames import RoleStatus
+from lilbee_workers.types import RoleStatus
 
 if TYPE_CHECKING:
     from lilbee_workers.api import ChatStream

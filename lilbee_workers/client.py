@@ -37,11 +37,11 @@ from lilbee_workers.transport.frames import (
     Request,
     RestartReply,
     RestartRequest,
-    RoleStatus,
     SocketReply,
     StatusReply,
     StatusRequest,
 )
+from lilbee_workers.types import RoleStatus
 
 _PEERCRED = struct.Struct("3i")
 DAEMON_USER_ENV = "LILBEE_WORKERS_DAEMON_USER"

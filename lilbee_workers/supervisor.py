@@ -15,7 +15,8 @@ from lilbee_workers.limits import check_request
 from lilbee_workers.logs import configure_logging
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
-from lilbee_workers.transport.frames import AnyFrame, Request, RoleStatus
+from lilbee_workers.transport.frames import AnyFrame, Request
+from lilbee_workers.types import RoleStatus
 
 log = structlog.get_logger("lilbee_workers.supervisor")
 

@@ -29,8 +29,8 @@ from lilbee_workers.parent.policy import RestartPolicy, StartFailed
 from lilbee_workers.parent.process import WorkerProcess
 from lilbee_workers.parent.queue import Close, Control, Respawn, Restart, RoleQueue, WorkerExited
 from lilbee_workers.parent.stats import RoleStats
-from lilbee_workers.transport.frames import Request, RoleStatus
-from lilbee_workers.types import RoleState
+from lilbee_workers.transport.frames import Request
+from lilbee_workers.types import RoleState, RoleStatus
 
 log = structlog.get_logger("lilbee_workers.dispatcher")
 

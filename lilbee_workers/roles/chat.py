@@ -18,13 +18,13 @@ from lilbee_workers.roles.base import (
 )
 from lilbee_workers.transport.frames import (
     ChatChunk,
-    ChatMessage,
     ChatRequest,
     ChatResult,
     CompleteRequest,
     Frame,
     Request,
 )
+from lilbee_workers.types import ChatMessage
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

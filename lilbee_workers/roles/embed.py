@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from lilbee_workers.errors import InvalidRequest, ModelError
@@ -15,7 +16,16 @@ from lilbee_workers.roles.base import (
     model_metadata,
     open_llama,
 )
-from lilbee_workers.transport.frames import EmbedRequest, EmbedResult, Frame, Request
+from lilbee_workers.transport.error_frames import from_frame, to_frame
+from lilbee_workers.transport.frames import (
+    EmbedBatchRequest,
+    EmbedBatchResult,
+    EmbedRequest,
+    EmbedResult,
+    ErrorFrame,
+    Frame,
+    Request,
+)
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -37,7 +47,7 @@ def resolve_pooling(setting: str, model_path: str) -> int:
 
 class EmbedRole(Role):
     kind = "embed"
-    accepts = (EmbedRequest,)
+    accepts = (EmbedRequest, EmbedBatchRequest)
     llm: Llama
 
     def load(self) -> LoadedModel:
@@ -58,10 +68,51 @@ class EmbedRole(Role):
         return LoadedModel(n_ctx=self.llm.n_ctx(), n_embd=self.llm.n_embd())
 
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
+        if isinstance(request, EmbedBatchRequest):
+            return self.embed_batch(request, ctx)
         assert isinstance(request, EmbedRequest)
-        dim = self.llm.n_embd()
-        if not request.texts:
-            return EmbedResult(id=request.id, dim=dim, count=0, vectors=b"")
+        batch = self.embed_batch(EmbedBatchRequest(id=request.id, parts=[request]), ctx)
+        [answer] = batch.parts
+        if isinstance(answer, ErrorFrame):
+            raise from_frame(answer)
+        return msgspec.structs.replace(answer, id=request.id)
+
+    def embed_batch(self, request: EmbedBatchRequest, ctx: RequestContext) -> EmbedBatchResult:
+        """Embed several callers' texts in shared llama.cpp batches; a part with a bad
+        text is answered with its own error and the others are served."""
+        answers: list[EmbedResult | ErrorFrame | None] = [None] * len(request.parts)
+        texts: list[str] = []
+        sizes: list[int] = []
+        owners: list[tuple[int, int, int]] = []  # (part, first text, end)
+        for index, part in enumerate(request.parts):
+            try:
+                part_sizes = self.token_counts(part)
+            except InvalidRequest as exc:
+                exc.role = self.kind
+                answers[index] = to_frame(exc, part.id)
+                continue
+            owners.append((index, len(texts), len(texts) + len(part.texts)))
+            texts += part.texts
+            sizes += part_sizes
+        vectors = self.embed_texts(texts, sizes, ctx)
+        for index, first, end in owners:
+            part = request.parts[index]
+            rows = vectors[first:end]
+            if part.normalize:
+                norms = np.linalg.norm(rows.astype(np.float64), axis=1, keepdims=True)
+                rows = (rows / np.where(norms == 0.0, 1.0, norms)).astype("<f4")
+            answers[index] = EmbedResult(
+                id=part.id,
+                dim=self.llm.n_embd(),
+                count=end - first,
+                vectors=rows.tobytes(),
+                prompt_tokens=sum(sizes[first:end]),
+            )
+        return EmbedBatchResult(id=request.id, parts=[a for a in answers if a is not None])
+
+    def token_counts(self, request: EmbedRequest) -> list[int]:
+        """Each text's token count as embedded; ``InvalidRequest`` for an empty text or
+        one over the context (unless the request asks to truncate)."""
         limit = self.llm.n_ctx()
         sizes = []
         for index, text in enumerate(request.texts):
@@ -74,33 +125,27 @@ class EmbedRole(Role):
                     "(ask for truncate=True to cut it)"
                 )
             sizes.append(min(n_tokens, self.llm.n_batch))
+        return sizes
+
+    def embed_texts(self, texts: list[str], sizes: list[int], ctx: RequestContext) -> Any:
+        """Raw (unnormalised) float32 vectors, one row per text, decode group by decode
+        group with a cancel check between them."""
+        dim = self.llm.n_embd()
+        if not texts:
+            return np.zeros((0, dim), dtype="<f4")
         vectors: list[list[float]] = []
-        total_tokens = 0
         for start, stop in self.decode_groups(sizes):
             ctx.raise_if_cancelled()
             try:
-                part, n_tokens = self.llm.embed(
-                    request.texts[start:stop],
-                    normalize=request.normalize,
-                    truncate=True,
-                    return_count=True,
-                )
+                vectors += self.llm.embed(texts[start:stop], normalize=False, truncate=True)
             except RuntimeError as exc:
                 if decode_aborted(exc, ctx.cancel):
                     ctx.raise_if_cancelled()
                 raise
-            vectors += part
-            total_tokens += n_tokens
-        array = np.asarray(vectors, dtype="<f4").reshape(len(request.texts), dim)
+        array = np.asarray(vectors, dtype="<f4").reshape(len(texts), dim)
         if not np.isfinite(array).all():
             raise ModelError("llama.cpp returned non-finite embedding values")
-        return EmbedResult(
-            id=request.id,
-            dim=dim,
-            count=len(request.texts),
-            vectors=array.tobytes(),
-            prompt_tokens=total_tokens,
-        )
+        return array
 
     def decode_groups(self, sizes: list[int]) -> list[tuple[int, int]]:
         """Texts split into the groups llama-cpp-python would decode together (up to

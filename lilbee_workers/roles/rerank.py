@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from lilbee_workers.errors import InvalidRequest, ModelError
 from lilbee_workers.roles.base import LoadedModel, RequestContext, Role, model_metadata, open_llama
-from lilbee_workers.transport.frames import Frame, Request, RerankItem, RerankRequest, RerankResult
+from lilbee_workers.transport.frames import Frame, Request, RerankRequest, RerankResult
+from lilbee_workers.types import RerankItem
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

@@ -22,8 +22,6 @@ import msgspec
 from lilbee_workers.errors import ErrorKind
 from lilbee_workers.types import ChatMessage, RerankItem, RoleStatus
 
-__all__ = ["ChatMessage", "RerankItem", "RoleStatus"]  # public types, carried by frames
-
 
 class Frame(msgspec.Struct, tag_field="k", omit_defaults=True, forbid_unknown_fields=True):
     """Base of every frame."""
@@ -163,6 +161,21 @@ class EmbedResult(Frame, tag="embed_result"):
     prompt_tokens: int = 0
 
 
+class EmbedBatchRequest(Frame, tag="embed_batch"):
+    """Several callers' embed requests, coalesced into one worker batch. Each part is
+    checked on its own (a bad part fails alone) and answered in ``EmbedBatchResult``."""
+
+    id: int
+    parts: list[EmbedRequest]
+
+
+class EmbedBatchResult(Frame, tag="embed_batch_result"):
+    """One answer per part of an ``EmbedBatchRequest``, in order."""
+
+    id: int
+    parts: list[EmbedResult | ErrorFrame]
+
+
 class ChatChunk(Frame, tag="chunk"):
     """One piece of streamed text."""
 
@@ -281,6 +294,7 @@ class RestartReply(Frame, tag="restart_result"):
 
 Request = (
     EmbedRequest
+    | EmbedBatchRequest
     | ChatRequest
     | CompleteRequest
     | RerankRequest
@@ -300,6 +314,7 @@ DataReply = (
     Ready
     | LoadFailed
     | EmbedResult
+    | EmbedBatchResult
     | ChatChunk
     | ChatResult
     | RerankResult
@@ -316,6 +331,7 @@ HealthReport = Pong | ShutdownAck | LogRecord
 
 SocketRequest = (
     EmbedRequest
+    | EmbedBatchRequest
     | ChatRequest
     | CompleteRequest
     | RerankRequest
@@ -344,6 +360,7 @@ AnyFrame = Request | DataReply | HealthCommand | HealthReport | ControlRequest |
 
 ROLE_OF_REQUEST: dict[type, str] = {
     EmbedRequest: "embed",
+    EmbedBatchRequest: "embed",
     ChatRequest: "chat",
     CompleteRequest: "chat",
     RerankRequest: "rerank",
@@ -358,5 +375,5 @@ def role_of(request: Request) -> str:
     return ROLE_OF_REQUEST[type(request)]
 
 
-FINAL_REPLIES = (EmbedResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
+FINAL_REPLIES = (EmbedResult, EmbedBatchResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
 """Frames that end a request."""

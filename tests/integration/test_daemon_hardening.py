@@ -32,6 +32,7 @@ from lilbee_workers import (
 )
 from lilbee_workers.daemon import Daemon, DaemonSetupError
 from lilbee_workers.server import SocketServer
+from lilbee_workers.socket_setup import bind_socket
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel, encode_prefixed
 from lilbee_workers.transport.frames import (
@@ -257,6 +258,11 @@ def _bare_daemon(model_path: str, tmp_path: Path, **top: Any) -> Daemon:
         roles={"embed": RoleConfig(model=model_path)}, log_dir=str(tmp_path / "logs"), **top
     ).validate()
     return Daemon(config, socket_path=tmp_path / "run" / "d.sock")
+
+
+def _bind(daemon: Daemon) -> socket.socket:
+    """The daemon's socket set up as ``run`` sets it up (a listening socket)."""
+    return bind_socket(daemon.socket_path, daemon.config, daemon.socket_gid)
 
 
 def _bare_server(model_path: str, tmp_path: Path) -> tuple[Daemon, SocketServer]:
@@ -502,7 +508,7 @@ def test_daemon_refuses_a_socket_dir_another_user_could_control(
         daemon = _bare_daemon(model_path, tmp_path)
         daemon.socket_path = directory / "d.sock"
         with pytest.raises(DaemonSetupError) as caught:
-            daemon._bind()
+            _bind(daemon).close()
         message = str(caught.value)
         assert str(directory) in message
         if planted == "other-owner":
@@ -518,13 +524,12 @@ def test_daemon_refuses_a_socket_dir_another_user_could_control(
 
 def test_daemon_creates_a_missing_socket_dir_private(tmp_path: Path, model_path: str) -> None:
     daemon = _bare_daemon(model_path, tmp_path)
-    daemon._bind()
+    listener = _bind(daemon)
     try:
         assert (daemon.socket_path.parent.stat().st_mode & 0o777) == 0o700
         assert (daemon.socket_path.stat().st_mode & 0o777) == 0o600
     finally:
-        assert daemon._listener is not None
-        daemon._listener.close()
+        listener.close()
 
 
 @as_root
@@ -671,13 +676,12 @@ def test_unknown_socket_group_is_a_config_error_naming_the_key(
 def test_socket_is_given_to_a_group_we_are_in(tmp_path: Path, model_path: str) -> None:
     group = grp.getgrgid(os.getgid()).gr_name
     daemon = _bare_daemon(model_path, tmp_path, socket_group=group, socket_mode=0o660)
-    daemon._bind()
+    listener = _bind(daemon)
     try:
         info = daemon.socket_path.stat()
         assert info.st_gid == os.getgid() and (info.st_mode & 0o777) == 0o660
     finally:
-        assert daemon._listener is not None
-        daemon._listener.close()
+        listener.close()
 
 
 @as_root
@@ -691,7 +695,7 @@ def test_socket_group_we_are_not_in_gives_a_clear_error(tmp_path: Path, model_pa
 
     def bind() -> str:
         try:
-            daemon._bind()
+            _bind(daemon).close()
         except DaemonSetupError as exc:
             return f"DaemonSetupError: {exc}"
         return "bound"
