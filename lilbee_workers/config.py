@@ -64,6 +64,14 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     max_batch_items: int = 2048
     """Most texts (embed), documents (rerank) or messages (chat) in one request; more is
     ``InvalidRequest``, answered before any worker is involved."""
+    coalesce: bool = True
+    """embed: merge calls that queued while the worker was busy into one worker batch
+    when it frees up (each caller still gets its own answer, deadline and errors)."""
+    coalesce_max_items: int = 256
+    """embed: most texts in one coalesced batch."""
+    coalesce_wait_ms: float = 0.0
+    """embed: how long a batch waits for more calls to join before it runs (0: none, it
+    only takes what queued while the worker was busy)."""
     max_restarts: int = 5
     """Crashes allowed within ``restart_window_s`` before the role goes ``failed``."""
     restart_window_s: float = 60.0
@@ -95,6 +103,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             "queue_size": self.queue_size,
             "max_batch_items": self.max_batch_items,
             "max_image_bytes": self.max_image_bytes,
+            "coalesce_max_items": self.coalesce_max_items,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -118,6 +127,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         }
         for key, seconds in durations.items():
             check_duration(f"{where}.{key}", seconds)
+        check_duration(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
         if self.max_restarts < 0:
             raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model:

@@ -64,3 +64,7 @@ class RoleStatus(msgspec.Struct):
     rss_bytes: int = 0
     log_path: str = ""
     chat_template: str | None = None
+    batch_sizes: dict[str, int] = msgspec.field(default_factory=dict)
+    """Embed worker batches by number of texts (power-of-two buckets): coalescing at work."""
+    batch_tokens: dict[str, int] = msgspec.field(default_factory=dict)
+    """The same batches by number of tokens."""

@@ -16,9 +16,9 @@ import structlog
 
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ProtocolError
-from lilbee_workers.parent.calls import Call
+from lilbee_workers.parent.calls import Attempted
 from lilbee_workers.parent.process import WorkerProcess
-from lilbee_workers.transport.frames import FINAL_REPLIES, ChatChunk, ErrorFrame
+from lilbee_workers.transport.frames import FINAL_REPLIES, AnyFrame, ChatChunk, ErrorFrame
 
 log = structlog.get_logger("lilbee_workers.attempt")
 
@@ -30,9 +30,11 @@ _TICK_S = 0.1  # how often a waiting attempt re-checks cancel and deadlines
 
 @dataclass(frozen=True)
 class Answered:
-    """The call got its final frame (``error``: an ``ErrorFrame``)."""
+    """The call got its final frame (``error``: an ``ErrorFrame``); ``frame`` is None
+    when the supervisor answered it (a request too large to send)."""
 
     error: bool
+    frame: AnyFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Lost:
 Outcome = Answered | Lost
 
 
-def run_attempt(worker: WorkerProcess, call: Call, config: RoleConfig) -> Outcome:
+def run_attempt(worker: WorkerProcess, call: Attempted, config: RoleConfig) -> Outcome:
     """Run ``call`` once on ``worker`` until its final frame, a failure, or a deadline."""
     attempt_id = next(_attempt_ids)
     request = msgspec.structs.replace(call.request, id=attempt_id)
@@ -72,6 +74,7 @@ def run_attempt(worker: WorkerProcess, call: Call, config: RoleConfig) -> Outcom
             if call.expires_at is not None and now >= call.expires_at:
                 call.time_out()  # the caller's own timeout: cancel, answer WorkerTimeout
             if cancel_deadline is None and call.cancelled:
+                call.send_cancel()
                 cancel_deadline = now + config.cancel_grace_s
             if cancel_deadline is not None and now >= cancel_deadline:
                 call.fail(call.cancelled_error())
@@ -97,7 +100,7 @@ def run_attempt(worker: WorkerProcess, call: Call, config: RoleConfig) -> Outcom
                     continue
                 if isinstance(frame, FINAL_REPLIES):
                     call.finish(frame)
-                    return Answered(error=isinstance(frame, ErrorFrame))
+                    return Answered(error=isinstance(frame, ErrorFrame), frame=frame)
             elif dead:
                 return Lost("died")
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+from typing import Protocol
 
 from lilbee_workers.errors import Cancelled, WorkerError, WorkerTimeout
 from lilbee_workers.transport.channel import PipeChannel
@@ -16,6 +17,39 @@ from lilbee_workers.transport.frames import (
     HealthReport,
     Request,
 )
+
+
+class Attempted(Protocol):
+    """What one attempt on a worker needs from the call it runs: a ``Call``, or a
+    ``batch.MergedCall`` of several coalesced ones."""
+
+    role: str
+    request: Request
+    expires_at: float | None
+    chunks_delivered: int
+    retried: bool
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def bind(self, health: PipeChannel[HealthReport], attempt_id: int) -> None: ...
+
+    def unbind(self) -> None: ...
+
+    def send_cancel(self) -> None: ...
+
+    def deliver_chunk(self, frame: ChatChunk) -> None: ...
+
+    def finish(self, frame: AnyFrame) -> None: ...
+
+    def fail(self, error: WorkerError) -> None: ...
+
+    def time_out(self) -> None: ...
+
+    def cancelled_error(self) -> Cancelled: ...
 
 
 class Call:
@@ -57,6 +91,8 @@ class Call:
         self._replies.put(frame)
 
     def finish(self, frame: AnyFrame) -> None:
+        if self.finished:
+            return  # answered already (e.g. failed while its worker wound down)
         self._replies.put(self._timeout_error() if self.timed_out else frame)
         self.finished = True
 
@@ -73,6 +109,8 @@ class Call:
         )
 
     def fail(self, error: WorkerError) -> None:
+        if self.finished:
+            return
         self._replies.put(error)
         self.finished = True
 
@@ -98,6 +136,12 @@ class Call:
         if isinstance(item, ErrorFrame):
             raise from_frame(item)
         return item
+
+    def send_cancel(self) -> None:
+        """Tell the worker running this call to stop (again, if it was told already)."""
+        bound = self._bound
+        if bound is not None:
+            self._send_cancel(*bound)
 
     def cancel(self) -> None:
         """Give up on the call: a queued call is skipped, a running one stops at the

@@ -22,9 +22,9 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ConfigError, WorkerError, WorkerUnavailable
 from lilbee_workers.logs import MAX_LOG_BYTES, role_log_path
-from lilbee_workers.parent import policy
+from lilbee_workers.parent import batch, policy
 from lilbee_workers.parent.attempt import Answered, Lost, run_attempt
-from lilbee_workers.parent.calls import Call
+from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.policy import RestartPolicy, StartFailed
 from lilbee_workers.parent.process import WorkerProcess
 from lilbee_workers.parent.queue import Close, Control, Respawn, Restart, RoleQueue, WorkerExited
@@ -198,7 +198,7 @@ class RoleDispatcher:
             finally:
                 self.queue.release()
         elif isinstance(item, Call):
-            self._serve(item)
+            self._serve(self._coalesce(item))
 
     def _has_live_worker(self) -> bool:
         worker = self.worker
@@ -206,7 +206,18 @@ class RoleDispatcher:
 
     # ------------------------------------------------------------------ calls
 
-    def _serve(self, call: Call) -> None:
+    def _coalesce(self, call: Call) -> Attempted:
+        """``call`` and the compatible calls queued behind it, as one worker batch."""
+        config = self.config
+        if not (config.coalesce and batch.can_merge(call)):
+            return call
+        room = config.coalesce_max_items - batch.items_of(call)
+        if config.coalesce_wait_ms > 0 and room > 0:
+            self.queue.wait_for_calls(config.coalesce_wait_ms / 1000.0)
+        more = self.queue.take_more(batch.can_merge, batch.items_of, room)
+        return batch.MergedCall([call, *more]) if more else call
+
+    def _serve(self, call: Attempted) -> None:
         """Run a call that holds the role, then release the role."""
         started = time.monotonic()
         try:
@@ -217,10 +228,12 @@ class RoleDispatcher:
             else:
                 self._run_call(call)
         finally:
-            self.stats.latency((time.monotonic() - started) * 1000.0)
+            elapsed_ms = (time.monotonic() - started) * 1000.0
+            for _ in getattr(call, "parts", (call,)):
+                self.stats.latency(elapsed_ms)
             self.queue.release()
 
-    def _run_call(self, call: Call) -> None:
+    def _run_call(self, call: Attempted) -> None:
         """Attempts until the call is answered, under the retry rules of ``policy``."""
         attempt = 0
         while True:
@@ -233,7 +246,7 @@ class RoleDispatcher:
                 if self.state == RoleState.BUSY:
                     self.state = RoleState.READY
             if isinstance(outcome, Answered):
-                self.stats.answered(error=outcome.error, retried=call.retried)
+                self._account(call, outcome)
                 return
             reason = self._retire(worker, outcome)
             if self.queue.closing:
@@ -265,7 +278,15 @@ class RoleDispatcher:
                 self._give_up(call, self._unavailable())
                 return
 
-    def _give_up(self, call: Call, error: WorkerError) -> None:
+    def _account(self, call: Attempted, outcome: Answered) -> None:
+        errors = call.part_errors if isinstance(call, batch.MergedCall) else [outcome.error]
+        for error in errors:
+            self.stats.answered(error=error, retried=call.retried)
+        shape = batch.batch_shape(outcome.frame) if outcome.frame is not None else None
+        if shape is not None:
+            self.stats.batch(*shape)
+
+    def _give_up(self, call: Attempted, error: WorkerError) -> None:
         self.stats.failed()
         call.fail(error)
 

@@ -134,7 +134,7 @@ class RoleQueue:
         """(calls queued by live callers, calls running: 0 or 1)."""
         with self.cond:
             queued = sum(not call.cancelled for call in self._calls)
-            return queued, 1 if isinstance(self._holder, Call) else 0
+            return queued, 0 if self._holder in (None, _LIFECYCLE) else 1
 
     # ------------------------------------------------------------------ dispatcher thread
 
@@ -166,6 +166,28 @@ class RoleQueue:
             self._holder = None
             if self._calls or self._controls or self._room_waiters:
                 self.cond.notify_all()
+
+    def take_more(
+        self, fits: Callable[[Call], bool], size_of: Callable[[Call], int], room: int
+    ) -> list[Call]:
+        """Take queued calls that ``fits`` accepts, in order, while their sizes add up to
+        at most ``room`` (coalescing); the others keep their places."""
+        taken: list[Call] = []
+        with self.cond:
+            for call in list(self._calls):
+                if fits(call) and size_of(call) <= room:
+                    self._calls.remove(call)
+                    taken.append(call)
+                    room -= size_of(call)
+            if taken and self._room_waiters:
+                self.cond.notify_all()
+        return taken
+
+    def wait_for_calls(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for another call to queue (or for close)."""
+        with self.cond:
+            before = len(self._calls)
+            self.cond.wait_for(lambda: len(self._calls) > before or self.closing, seconds)
 
     def take_calls(self) -> list[Call]:
         """Empty the line (the role failed or is closing); the caller answers them."""

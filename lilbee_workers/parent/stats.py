@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 
@@ -20,6 +20,8 @@ class RoleStats:
         self._retried = 0
         self._retried_ok = 0
         self._internal_errors = 0
+        self._batch_sizes: Counter[str] = Counter()
+        self._batch_tokens: Counter[str] = Counter()
 
     def answered(self, *, error: bool, retried: bool) -> None:
         """A call got its final frame (an error frame counts as an error)."""
@@ -50,6 +52,12 @@ class RoleStats:
         with self._lock:
             self._internal_errors += 1
 
+    def batch(self, texts: int, tokens: int) -> None:
+        """One worker batch of embed texts ran (power-of-two buckets)."""
+        with self._lock:
+            self._batch_sizes[bucket(texts)] += 1
+            self._batch_tokens[bucket(tokens)] += 1
+
     def latency(self, milliseconds: float) -> None:
         with self._lock:
             self._latencies_ms.append(milliseconds)
@@ -71,7 +79,17 @@ class RoleStats:
                 "retried_ok": self._retried_ok,
                 "p50_ms": percentile(latencies, 0.50),
                 "p99_ms": percentile(latencies, 0.99),
+                "batch_sizes": dict(self._batch_sizes),
+                "batch_tokens": dict(self._batch_tokens),
             }
+
+
+def bucket(value: int) -> str:
+    """The power-of-two bucket of ``value``: "1", "2-3", "4-7", ..."""
+    if value <= 1:
+        return str(max(value, 0))
+    low = 1 << (value.bit_length() - 1)
+    return f"{low}-{2 * low - 1}"
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:

@@ -1,0 +1,111 @@
+"""Coalescing: embed calls that queued while the worker was busy run as one worker
+batch when it frees up (one ``llama_decode`` for many short texts is 2-2.6x faster than
+one per text). Each caller keeps its own deadline and cancel, and gets its own answer:
+a bad part fails alone.
+"""
+
+from __future__ import annotations
+
+from lilbee_workers.errors import Cancelled, WorkerError
+from lilbee_workers.parent.calls import Call
+from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.frames import (
+    AnyFrame,
+    ChatChunk,
+    EmbedBatchRequest,
+    EmbedBatchResult,
+    EmbedRequest,
+    EmbedResult,
+    ErrorFrame,
+    HealthReport,
+    Request,
+)
+
+
+def can_merge(call: Call) -> bool:
+    """Calls whose requests a worker batch can carry (any embed options mix)."""
+    return isinstance(call.request, EmbedRequest) and not call.cancelled
+
+
+def items_of(call: Call) -> int:
+    return len(call.request.texts) if isinstance(call.request, EmbedRequest) else 1
+
+
+class MergedCall:
+    """Several queued embed calls run as one ``EmbedBatchRequest`` on one worker."""
+
+    def __init__(self, parts: list[Call]) -> None:
+        self.parts = parts
+        self.role = parts[0].role
+        requests = [part.request for part in parts]
+        assert all(isinstance(r, EmbedRequest) for r in requests)
+        self.request: Request = EmbedBatchRequest(id=0, parts=requests)  # type: ignore[arg-type]
+        self.expires_at: float | None = None  # each caller waits out its own deadline
+        self.chunks_delivered = 0
+        self.part_errors: list[bool] = []
+        self._bound: tuple[PipeChannel[HealthReport], int] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """Every caller gave up: only then is the batch worth stopping."""
+        return all(part.cancelled for part in self.parts)
+
+    @property
+    def finished(self) -> bool:
+        return all(part.finished for part in self.parts)
+
+    @property
+    def retried(self) -> bool:
+        return any(part.retried for part in self.parts)
+
+    @retried.setter
+    def retried(self, value: bool) -> None:
+        for part in self.parts:
+            part.retried = value
+
+    def bind(self, health: PipeChannel[HealthReport], attempt_id: int) -> None:
+        self._bound = (health, attempt_id)
+        if self.cancelled:
+            self.send_cancel()
+
+    def unbind(self) -> None:
+        self._bound = None
+
+    def send_cancel(self) -> None:
+        bound = self._bound
+        if bound is not None:
+            Call._send_cancel(*bound)
+
+    def deliver_chunk(self, frame: ChatChunk) -> None:
+        """Embed batches stream nothing."""
+
+    def finish(self, frame: AnyFrame) -> None:
+        """Hand each caller its own answer (one error frame answers all)."""
+        if isinstance(frame, EmbedBatchResult) and len(frame.parts) == len(self.parts):
+            for part, answer in zip(self.parts, frame.parts, strict=True):
+                part.finish(answer)
+            self.part_errors = [isinstance(answer, ErrorFrame) for answer in frame.parts]
+        else:
+            for part in self.parts:
+                part.finish(frame)
+            self.part_errors = [True] * len(self.parts)
+
+    def fail(self, error: WorkerError) -> None:
+        for part in self.parts:
+            part.fail(error)
+
+    def time_out(self) -> None:
+        """Never called: the batch has no deadline of its own."""
+
+    def cancelled_error(self) -> Cancelled:
+        return Cancelled(f"{self.role} calls were cancelled", role=self.role)
+
+
+def batch_shape(frame: AnyFrame) -> tuple[int, int] | None:
+    """(texts, tokens) of an embed answer, for the batch histograms."""
+    if isinstance(frame, EmbedBatchResult):
+        done = [part for part in frame.parts if isinstance(part, EmbedResult)]
+        return sum(p.count for p in done), sum(p.prompt_tokens for p in done)
+    if isinstance(frame, EmbedResult):
+        return frame.count, frame.prompt_tokens
+    return None
