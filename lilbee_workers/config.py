@@ -64,6 +64,9 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     max_batch_items: int = 2048
     """Most texts (embed), documents (rerank) or messages (chat) in one request; more is
     ``InvalidRequest``, answered before any worker is involved."""
+    standby: bool = False
+    """Keep one spare worker loaded and waiting: a crashed or hung worker is replaced at
+    once (milliseconds, not a model load). Costs a second copy of the model in RAM."""
     coalesce: bool = True
     """embed: merge calls that queued while the worker was busy into one worker batch
     when it frees up (each caller still gets its own answer, deadline and errors)."""

@@ -64,6 +64,8 @@ class RoleStatus(msgspec.Struct):
     rss_bytes: int = 0
     log_path: str = ""
     chat_template: str | None = None
+    standby_pid: int | None = None
+    """The hot standby worker's pid, when the role keeps one loaded (``standby``)."""
     batch_sizes: dict[str, int] = msgspec.field(default_factory=dict)
     """Embed worker batches by number of texts (power-of-two buckets): coalescing at work."""
     batch_tokens: dict[str, int] = msgspec.field(default_factory=dict)

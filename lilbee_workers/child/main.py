@@ -75,6 +75,8 @@ def load(boot: WorkerBoot, data: PipeChannel[Request], state: RequestState) -> R
         handler = create_role(boot.role, config, boot.model_path, boot.log_path)
         model = handler.load()
         handler.watch_cancel(state.cancel)
+        if boot.warm_up:
+            handler.warm_up()
     except Exception as exc:
         kind = "model" if isinstance(exc, (ModelError, ImportError)) else "internal"
         message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ This module owns the queue and the worker lifecycle; one attempt's pipe protocol
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.policy import RestartPolicy, StartFailed
 from lilbee_workers.parent.process import WorkerProcess
 from lilbee_workers.parent.queue import Close, Control, Respawn, Restart, RoleQueue, WorkerExited
+from lilbee_workers.parent.standby import Standby
 from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState, RoleStatus
@@ -56,6 +58,8 @@ class RoleDispatcher:
         self.state = RoleState.STOPPED
         self.worker: WorkerProcess | None = None
         self.generation = 0
+        self._generations = itertools.count(1)
+        self._standby: Standby | None = None
         self.model_path = ""
         self.failed_reason = ""
         self.failed_log_tail = ""
@@ -68,6 +72,15 @@ class RoleDispatcher:
 
     def start(self) -> None:
         self._thread.start()
+        if self.config.standby:
+            self._standby = Standby(
+                self.role,
+                self._start_spare,
+                lambda: self.queue.closing,
+                self.config.cancel_grace_s,
+                busy=lambda: self.queue.counts() != (0, 0),
+            )
+            self._standby.start()
 
     def submit(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
         """Queue a call for the dispatcher thread. A full queue answers ``Overloaded`` at
@@ -120,9 +133,10 @@ class RoleDispatcher:
         return self.stats.restarts
 
     def healthy(self) -> bool:
-        """The dispatcher thread runs, and the current worker (if any) is watched."""
+        """The dispatcher (and standby) thread runs, and the current worker is watched."""
         worker = self.worker
-        return self._thread.is_alive() and (worker is None or worker.monitoring())
+        standby_ok = self._standby is None or self._standby.alive()
+        return self._thread.is_alive() and standby_ok and (worker is None or worker.monitoring())
 
     def status(self) -> RoleStatus:
         """A snapshot, safe from any thread (queue and counters are read under their locks)."""
@@ -138,6 +152,7 @@ class RoleDispatcher:
             queued=queued,
             log_path=str(self.log_path),
             chat_template=ready.chat_template if ready is not None else None,
+            standby_pid=self._standby.pid() if self._standby is not None else None,
             **(worker.vitals() if worker is not None and state.serving else {}),
             **self.stats.counts(),
         )
@@ -328,6 +343,11 @@ class RoleDispatcher:
                     "",
                 )
                 return False
+            spare = self._standby.take() if self._standby is not None else None
+            if spare is not None:  # hot standby: no load to wait for
+                self.worker, self.generation = spare, spare.generation
+                self.state = RoleState.READY
+                return True
             self.state = RoleState.RESTARTING
             self.queue.sleep(self.policy.restart_delay())
         else:
@@ -355,7 +375,7 @@ class RoleDispatcher:
         self.model_path = self.config.resolved_model()
         if not Path(self.model_path).is_file():
             raise StartFailed(f"model file not found: {self.model_path}", crashed=False)
-        self.generation += 1
+        self.generation = next(self._generations)
         worker = WorkerProcess(
             self.role,
             self.config,
@@ -373,6 +393,25 @@ class RoleDispatcher:
             log.error("worker failed to start", role=self.role, reason=exc.message)
             raise
         return worker
+
+    def _start_spare(self) -> WorkerProcess:
+        """A standby worker, loaded (on the standby thread)."""
+        model_path = self.config.resolved_model()
+        if not Path(model_path).is_file():
+            raise StartFailed(f"model file not found: {model_path}", crashed=False)
+        spare = WorkerProcess(
+            self.role,
+            self.config,
+            model_path,
+            self.log_path,
+            next(self._generations),
+            self.max_frame_bytes,
+            on_exit=lambda gone: self.queue.post(WorkerExited(gone)),
+            log_max_bytes=self.log_max_bytes,
+            warm_up=True,
+        )
+        spare.start(abandon=lambda: self.queue.closing)
+        return spare
 
     def _retire(self, worker: WorkerProcess, lost: Lost) -> str:
         """Finish off a worker that failed under a call (killing it if it still runs),
@@ -407,6 +446,9 @@ class RoleDispatcher:
         self.state = RoleState.DRAINING
         if self.worker is not None:
             self.worker.stop(self.config.cancel_grace_s)
+        spare = self._standby.take() if self._standby is not None else None
+        if spare is not None:  # loaded with the old settings: the standby loads anew
+            spare.stop(self.config.cancel_grace_s)
         self._start_worker(after_crash=False)
         control.done.set()
 
@@ -427,4 +469,6 @@ class RoleDispatcher:
                 control.done.set()
         if self.worker is not None:
             self.worker.stop(self.config.cancel_grace_s)
+        if self._standby is not None:
+            self._standby.close()
         self.state = RoleState.STOPPED

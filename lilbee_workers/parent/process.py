@@ -55,6 +55,7 @@ class WorkerProcess:
         max_frame_bytes: int,
         on_exit: Callable[[WorkerProcess], None] = lambda worker: None,
         log_max_bytes: int = 10 * 1024 * 1024,
+        warm_up: bool = False,
     ) -> None:
         self.role = role
         self.config = config
@@ -63,6 +64,7 @@ class WorkerProcess:
         self.generation = generation
         self.max_frame_bytes = max_frame_bytes
         self.log_max_bytes = log_max_bytes
+        self.warm_up = warm_up
         self.on_exit = on_exit
         self.ready: Ready | None = None
         self.monitor: HealthMonitor | None = None
@@ -140,6 +142,7 @@ class WorkerProcess:
             generation=self.generation,
             max_frame_bytes=self.max_frame_bytes,
             log_max_bytes=self.log_max_bytes,
+            warm_up=self.warm_up,
         )
         try:
             self.data.send(boot)

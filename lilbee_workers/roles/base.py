@@ -61,6 +61,10 @@ class Role(ABC):
         """Serve one request: stream chunks through ``ctx.emit``, return the final frame.
         Raise ``InvalidRequest`` for bad input and ``ModelError`` when llama.cpp refuses."""
 
+    def warm_up(self) -> None:
+        """Touch the weights once (a tiny computation) so the first call is not slowed by
+        paging them in; roles that can, override it."""
+
     def models(self) -> list[Llama]:
         """The llama.cpp models this handler computes with (after ``load``)."""
         llm = getattr(self, "llm", None)

@@ -179,6 +179,10 @@ class ChatRole(Role):
         self.meter = GenerationMeter(self.llm, self.cancel)
         return LoadedModel(n_ctx=self.llm.n_ctx(), chat_template=template)
 
+    def warm_up(self) -> None:
+        self.llm.eval(self.llm.tokenize(b"warm up"))
+        self.llm.reset()  # type: ignore[no-untyped-call]
+
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
         if isinstance(request, CompleteRequest):
             return self.complete(request, ctx)

@@ -67,6 +67,9 @@ class EmbedRole(Role):
             raise ModelError("this model gives per-token embeddings only; set pooling")
         return LoadedModel(n_ctx=self.llm.n_ctx(), n_embd=self.llm.n_embd())
 
+    def warm_up(self) -> None:
+        self.llm.embed(["warm up"])
+
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
         if isinstance(request, EmbedBatchRequest):
             return self.embed_batch(request, ctx)

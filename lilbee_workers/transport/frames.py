@@ -125,6 +125,9 @@ class WorkerBoot(Frame, tag="boot"):
     generation: int
     max_frame_bytes: int
     log_max_bytes: int
+    warm_up: bool = False
+    """Run one small computation after loading, so the first real call does not pay for
+    paging the weights in (hot standby spares)."""
 
 
 # --------------------------------------------------------------------------- replies
