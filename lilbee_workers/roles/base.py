@@ -61,7 +61,7 @@ class Role(ABC):
         """Serve one request: stream chunks through ``ctx.emit``, return the final frame.
         Raise ``InvalidRequest`` for bad input and ``ModelError`` when llama.cpp refuses."""
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Touch the weights once (a tiny computation) so the first call is not slowed by
         paging them in; roles that can, override it."""
 
