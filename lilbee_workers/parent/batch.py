@@ -6,8 +6,12 @@ a bad part fails alone.
 
 from __future__ import annotations
 
+from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import Cancelled, WorkerError
-from lilbee_workers.parent.calls import Call
+from lilbee_workers.parent.attempt import Answered
+from lilbee_workers.parent.calls import Attempted, Call
+from lilbee_workers.parent.queue import RoleQueue
+from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
     AnyFrame,
@@ -109,3 +113,24 @@ def batch_shape(frame: AnyFrame) -> tuple[int, int] | None:
     if isinstance(frame, EmbedResult):
         return frame.count, frame.prompt_tokens
     return None
+
+
+def coalesce(call: Call, queue: RoleQueue, config: RoleConfig) -> Attempted:
+    """``call`` and the compatible calls queued behind it, as one worker batch."""
+    if not (config.coalesce and can_merge(call)):
+        return call
+    room = config.coalesce_max_items - items_of(call)
+    if config.coalesce_wait_ms > 0 and room > 0:
+        queue.wait_for_calls(config.coalesce_wait_ms / 1000.0)
+    more = queue.take_more(can_merge, items_of, room)
+    return MergedCall([call, *more]) if more else call
+
+
+def account(stats: RoleStats, call: Attempted, outcome: Answered) -> None:
+    """Count an answered call (each part of a merged one) and its batch shape."""
+    errors = call.part_errors if isinstance(call, MergedCall) else [outcome.error]
+    for error in errors:
+        stats.answered(error=error, retried=call.retried)
+    shape = batch_shape(outcome.frame) if outcome.frame is not None else None
+    if shape is not None:
+        stats.batch(*shape)

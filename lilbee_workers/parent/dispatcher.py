@@ -213,24 +213,13 @@ class RoleDispatcher:
             finally:
                 self.queue.release()
         elif isinstance(item, Call):
-            self._serve(self._coalesce(item))
+            self._serve(batch.coalesce(item, self.queue, self.config))
 
     def _has_live_worker(self) -> bool:
         worker = self.worker
         return worker is not None and self.state == RoleState.READY and worker.alive()
 
     # ------------------------------------------------------------------ calls
-
-    def _coalesce(self, call: Call) -> Attempted:
-        """``call`` and the compatible calls queued behind it, as one worker batch."""
-        config = self.config
-        if not (config.coalesce and batch.can_merge(call)):
-            return call
-        room = config.coalesce_max_items - batch.items_of(call)
-        if config.coalesce_wait_ms > 0 and room > 0:
-            self.queue.wait_for_calls(config.coalesce_wait_ms / 1000.0)
-        more = self.queue.take_more(batch.can_merge, batch.items_of, room)
-        return batch.MergedCall([call, *more]) if more else call
 
     def _serve(self, call: Attempted) -> None:
         """Run a call that holds the role, then release the role."""
@@ -261,7 +250,7 @@ class RoleDispatcher:
                 if self.state == RoleState.BUSY:
                     self.state = RoleState.READY
             if isinstance(outcome, Answered):
-                self._account(call, outcome)
+                batch.account(self.stats, call, outcome)
                 return
             reason = self._retire(worker, outcome)
             if self.queue.closing:
@@ -292,14 +281,6 @@ class RoleDispatcher:
             if not self._respawn():
                 self._give_up(call, self._unavailable())
                 return
-
-    def _account(self, call: Attempted, outcome: Answered) -> None:
-        errors = call.part_errors if isinstance(call, batch.MergedCall) else [outcome.error]
-        for error in errors:
-            self.stats.answered(error=error, retried=call.retried)
-        shape = batch.batch_shape(outcome.frame) if outcome.frame is not None else None
-        if shape is not None:
-            self.stats.batch(*shape)
 
     def _give_up(self, call: Attempted, error: WorkerError) -> None:
         self.stats.failed()
@@ -372,20 +353,8 @@ class RoleDispatcher:
     def _spawn_once(self) -> WorkerProcess:
         if self.queue.closing:
             raise StartFailed(f"{self.role} is shutting down", crashed=False)
-        self.model_path = self.config.resolved_model()
-        if not Path(self.model_path).is_file():
-            raise StartFailed(f"model file not found: {self.model_path}", crashed=False)
-        self.generation = next(self._generations)
-        worker = WorkerProcess(
-            self.role,
-            self.config,
-            self.model_path,
-            self.log_path,
-            self.generation,
-            self.max_frame_bytes,
-            on_exit=lambda gone: self.queue.post(WorkerExited(gone)),
-            log_max_bytes=self.log_max_bytes,
-        )
+        worker = self._new_worker()
+        self.model_path, self.generation = worker.model_path, worker.generation
         try:
             worker.start(abandon=lambda: self.queue.closing)
         except StartFailed as exc:
@@ -395,11 +364,17 @@ class RoleDispatcher:
         return worker
 
     def _start_spare(self) -> WorkerProcess:
-        """A standby worker, loaded (on the standby thread)."""
+        """A standby worker, loaded and warmed (on the standby thread)."""
+        spare = self._new_worker(warm_up=True)
+        spare.start(abandon=lambda: self.queue.closing)
+        return spare
+
+    def _new_worker(self, warm_up: bool = False) -> WorkerProcess:
+        """A worker for this role, not started yet; ``StartFailed`` if its model is missing."""
         model_path = self.config.resolved_model()
         if not Path(model_path).is_file():
             raise StartFailed(f"model file not found: {model_path}", crashed=False)
-        spare = WorkerProcess(
+        return WorkerProcess(
             self.role,
             self.config,
             model_path,
@@ -408,10 +383,8 @@ class RoleDispatcher:
             self.max_frame_bytes,
             on_exit=lambda gone: self.queue.post(WorkerExited(gone)),
             log_max_bytes=self.log_max_bytes,
-            warm_up=True,
+            warm_up=warm_up,
         )
-        spare.start(abandon=lambda: self.queue.closing)
-        return spare
 
     def _retire(self, worker: WorkerProcess, lost: Lost) -> str:
         """Finish off a worker that failed under a call (killing it if it still runs),

