@@ -135,6 +135,10 @@ class Supervisor(WorkerAPI):
         the systemd watchdog is fed on: a dead background thread is a bug)."""
         return all(dispatcher.healthy() for dispatcher in self._dispatchers.values())
 
+    def role_status(self, role: str) -> RoleStatus:
+        """One role's status (``WorkerUnavailable`` for a role not configured)."""
+        return self._dispatcher(role).status()
+
     def status(self) -> list[RoleStatus]:
         return [dispatcher.status() for dispatcher in self._dispatchers.values()]
 

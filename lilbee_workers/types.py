@@ -50,6 +50,8 @@ class RoleStatus(msgspec.Struct):
     model: str = ""
     uptime_s: float = 0.0
     restarts: int = 0
+    generation: int = 0
+    """How many workers this role has started; the current one is number ``generation``."""
     last_exit: str = ""
     in_flight: int = 0
     queued: int = 0

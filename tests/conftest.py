@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from lilbee_workers import RoleConfig, Supervisor, SupervisorConfig
-from lilbee_workers.parent.dispatcher import RoleDispatcher
 
 # Fast fault detection for tests; production defaults are slower and calmer.
 FAST: dict[str, Any] = {
@@ -69,15 +68,15 @@ def shared_sup(make_config: Callable[..., SupervisorConfig]) -> Iterator[Supervi
 def sup(shared_sup: Supervisor) -> Supervisor:
     """The shared supervisor, checked healthy before each test."""
     for role in ("embed", "chat"):
-        wait_for_state(shared_sup._dispatcher(role), "ready", timeout=30)
+        wait_for_state(shared_sup, role, "ready", timeout=30)
     return shared_sup
 
 
-def wait_for_state(dispatcher: RoleDispatcher, state: str, timeout: float = 20) -> None:
+def wait_for_state(sup: Supervisor, role: str, state: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
-    while dispatcher.state != state:
+    while (now := sup.role_status(role).state) != state:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{dispatcher.role} is {dispatcher.state}, not {state}")
+            raise AssertionError(f"{role} is {now}, not {state}")
         time.sleep(0.02)
 
 

@@ -147,6 +147,7 @@ class RoleDispatcher:
             role=self.role,
             state=state.value,
             model=self.model_path or self.config.model,
+            generation=self.generation,
             last_exit=self.failed_reason if state == RoleState.FAILED else self.last_exit,
             in_flight=in_flight,
             queued=queued,

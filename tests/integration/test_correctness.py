@@ -211,7 +211,7 @@ def test_status_while_the_queue_churns_never_raises(sup: Supervisor) -> None:
     def caller() -> None:
         while not stop.is_set():
             try:
-                sup._dispatcher("embed").submit(NoopRequest(id=0), 5.0).next_frame(30)
+                sup.submit("embed", NoopRequest(id=0), 30).next_frame(30)
             except Exception as exc:
                 errors.append(exc)
 
@@ -222,7 +222,7 @@ def test_status_while_the_queue_churns_never_raises(sup: Supervisor) -> None:
         deadline = time.monotonic() + 3
         reads = 0
         while time.monotonic() < deadline:
-            status = sup._dispatcher("embed").status()
+            status = sup.role_status("embed")
             assert status.queued >= 0
             reads += 1
     finally:
@@ -237,9 +237,8 @@ def test_status_while_the_queue_churns_never_raises(sup: Supervisor) -> None:
 
 
 def test_worker_log_at_a_custom_level_does_not_stop_hang_detection(sup: Supervisor) -> None:
-    dispatcher = sup._dispatcher("chat")
     sup._final("chat", DebugRequest(id=0, action="log", level=25, count=3), None)
-    worker = dispatcher.worker
+    worker = sup._dispatcher("chat").worker  # white box: its health monitor must live
     assert worker is not None
     time.sleep(0.5)  # the records reach the monitor
     assert worker.monitoring() and sup.healthy()
@@ -252,8 +251,8 @@ def test_worker_log_at_a_custom_level_does_not_stop_hang_detection(sup: Supervis
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    assert "hung" in dispatcher.last_exit
-    wait_for_state(dispatcher, "ready")
+    assert "hung" in sup.role_status("chat").last_exit
+    wait_for_state(sup, "chat", "ready")
 
 
 @pytest.mark.parametrize(
@@ -339,7 +338,7 @@ def test_caller_timeouts_answer_at_the_deadline_and_never_fail_the_role(
                 sup.embed([LONG_TEXT + str(i) for i in range(64)], timeout=0.5)
             elapsed = time.monotonic() - started
             assert elapsed < 0.7, f"WorkerTimeout after {elapsed:.2f}s, deadline 0.5s"
-            assert sup._dispatcher("embed").state != "failed"
+            assert sup.role_status("embed").state != "failed"
         after = sup.embed(["bees make honey"])
         assert np.abs(after - first).max() < 1e-6
         [status] = sup.status()

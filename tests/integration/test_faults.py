@@ -41,19 +41,18 @@ TEXTS = [f"sentence number {i} about bees and honey and flowers" for i in range(
 
 
 def restarts(sup: Supervisor, role: str) -> int:
-    return sup._dispatcher(role).restarts
+    return sup.role_status(role).restarts
 
 
 def kill_when_busy(
     sup: Supervisor, role: str, sig: signal.Signals, delay: float
 ) -> threading.Thread:
     """Send ``sig`` to the role's worker ``delay`` seconds after a call is in flight."""
-    dispatcher = sup._dispatcher(role)
     pid = sup.worker_pid(role)
     assert pid is not None
 
     def run() -> None:
-        wait_until(lambda: dispatcher.status().in_flight == 1, what="call in flight")
+        wait_until(lambda: sup.role_status(role).in_flight == 1, what="call in flight")
         time.sleep(delay)
         os.kill(pid, sig)
 
@@ -65,7 +64,7 @@ def kill_when_busy(
 def test_sigkill_mid_embed_is_retried_once_with_the_right_answer(sup: Supervisor) -> None:
     reference = sup.embed(TEXTS)
     before = restarts(sup, "embed")
-    retried_before = sup._dispatcher("embed").status().retried_ok
+    retried_before = sup.role_status("embed").retried_ok
     old_pid = sup.worker_pid("embed")
     killer = kill_when_busy(sup, "embed", signal.SIGKILL, delay=0.3)
     vectors = sup.embed(TEXTS)
@@ -108,7 +107,7 @@ def test_request_that_kills_the_worker_twice_is_a_poison_error(sup: Supervisor) 
     assert error.log_path.endswith("chat.log")
     assert "chat worker ready" in error.log_tail  # the fresh worker's own log lines
     assert restarts(sup, "chat") == before + 2
-    wait_for_state(sup._dispatcher("chat"), "ready")
+    wait_for_state(sup, "chat", "ready")
     assert sup.chat("hello", max_tokens=3).collect().completion_tokens > 0
 
 
@@ -119,7 +118,7 @@ def test_crash_on_first_attempt_only_is_retried_transparently(
     sup: Supervisor, action: Any, exit_text: str
 ) -> None:
     # exit0: a worker that exits "successfully" out of the blue is a crash all the same.
-    generation = sup._dispatcher("chat").generation
+    generation = sup.role_status("chat").generation
     frame = sup._final(
         "chat", DebugRequest(id=0, action=action, below_generation=generation + 1), None
     )
@@ -157,12 +156,12 @@ def test_streaming_retry_only_before_the_first_chunk(sup: Supervisor) -> None:
         for _ in stream:
             pass
     # Killed before any chunk: the request is lost with the worker, retried, answered.
-    wait_for_state(sup._dispatcher("chat"), "ready")
+    wait_for_state(sup, "chat", "ready")
     pid = sup.worker_pid("chat")
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     stream = sup.chat("Say yes.", max_tokens=4, temperature=0.0)
-    wait_until(lambda: sup._dispatcher("chat").status().in_flight == 1, what="chat in flight")
+    wait_until(lambda: sup.role_status("chat").in_flight == 1, what="chat in flight")
     os.kill(pid, signal.SIGKILL)
     result = stream.collect()
     assert result.completion_tokens > 0
@@ -247,7 +246,7 @@ def test_crash_loop_opens_the_circuit_and_restart_closes_it(
     with Supervisor(config) as sup:
         with pytest.raises(WorkerCrashed):
             sup._final("chat", DebugRequest(id=0, action="abort"), None)
-        wait_for_state(sup._dispatcher("chat"), "failed")
+        wait_for_state(sup, "chat", "failed")
         started = time.monotonic()
         with pytest.raises(WorkerUnavailable, match="crashed 2 times"):
             sup.chat("hi").collect()
@@ -263,7 +262,7 @@ def test_runaway_call_hits_its_deadline_and_is_retried(
 ) -> None:
     config = make_config({"chat": {"kill_after_s": 1.0}})
     with Supervisor(config) as sup:
-        generation = sup._dispatcher("chat").generation
+        generation = sup.role_status("chat").generation
         started = time.monotonic()
         frame = sup._final(
             "chat",
@@ -279,7 +278,7 @@ def test_runaway_call_hits_its_deadline_and_is_retried(
 def test_full_queue_answers_overloaded(make_config: Callable[..., SupervisorConfig]) -> None:
     with Supervisor(make_config({"chat": {"queue_size": 1}})) as sup:
         busy = sup._open("chat", DebugRequest(id=0, action="sleep", seconds=3), None)
-        wait_until(lambda: sup._dispatcher("chat").status().in_flight == 1, what="in flight")
+        wait_until(lambda: sup.role_status("chat").in_flight == 1, what="in flight")
         abandoned = sup._open("chat", DebugRequest(id=0, action="sleep", seconds=0), None)
         with pytest.raises(Overloaded, match="queue is full"):
             sup._open("chat", DebugRequest(id=0, action="sleep", seconds=0), None)

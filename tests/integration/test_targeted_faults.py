@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import children_of, wait_for_state, wait_until
+from conftest import children_of, wait_for_state
 from lilbee_workers import Supervisor, SupervisorConfig, WorkerUnavailable
 from tiny_models import write_tiny_reranker
 
 
 def test_worker_killed_while_loading_is_started_again(sup: Supervisor) -> None:
-    dispatcher = sup._dispatcher("chat")
     before = set(children_of(os.getpid()))
-    done = dispatcher.restart()
+    restarting = threading.Thread(target=sup.restart, args=("chat",))
+    restarting.start()
     deadline = time.monotonic() + 30
     victim = None
     while victim is None and time.monotonic() < deadline:
@@ -27,10 +28,11 @@ def test_worker_killed_while_loading_is_started_again(sup: Supervisor) -> None:
         time.sleep(0.005)
     assert victim is not None, "no new worker appeared"
     os.kill(victim, signal.SIGKILL)
-    assert done.wait(60)
-    wait_for_state(dispatcher, "ready")
+    restarting.join(60)
+    assert not restarting.is_alive()
+    wait_for_state(sup, "chat", "ready")
     assert sup.worker_pid("chat") != victim
-    assert "died while loading the model" in dispatcher.last_exit
+    assert "died while loading the model" in sup.role_status("chat").last_exit
     assert sup.chat("Hi", max_tokens=2).collect().completion_tokens == 2
 
 
@@ -45,8 +47,7 @@ def test_crash_loop_at_load_opens_the_circuit_and_restart_recovers(
         }
     )
     with Supervisor(config) as sup:
-        rerank = sup._dispatcher("rerank")
-        wait_for_state(rerank, "failed", timeout=60)
+        wait_for_state(sup, "rerank", "failed", timeout=60)
         status = {s.role: s for s in sup.status()}
         assert "crashed" in status["rerank"].last_exit or "SIGABRT" in status["rerank"].last_exit
         started = time.monotonic()
@@ -60,4 +61,4 @@ def test_crash_loop_at_load_opens_the_circuit_and_restart_recovers(
         [after] = sup.restart("rerank")
         assert after.state == "ready"
         assert len(sup.rerank("bees", ["honey", "rust"])) == 2
-        wait_until(lambda: sup._dispatcher("embed").state == "ready")
+        wait_for_state(sup, "embed", "ready")

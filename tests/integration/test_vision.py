@@ -96,7 +96,7 @@ def test_killed_before_the_first_chunk_is_retried(vision_sup: Supervisor) -> Non
 
 
 def test_killed_after_a_chunk_reports_the_delivered_count(vision_sup: Supervisor) -> None:
-    wait_for_state(vision_sup._dispatcher("vision"), "ready")
+    wait_for_state(vision_sup, "vision", "ready")
     stream = vision_sup.vision(png_bytes(), max_tokens=200, temperature=0.0)
     assert next(stream)
     pid = vision_sup.worker_pid("vision")
@@ -104,7 +104,7 @@ def test_killed_after_a_chunk_reports_the_delivered_count(vision_sup: Supervisor
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(WorkerCrashed, match=r"after \d+ chunk\(s\) had been delivered"):
         list(stream)
-    wait_for_state(vision_sup._dispatcher("vision"), "ready")
+    wait_for_state(vision_sup, "vision", "ready")
     assert vision_sup.vision(png_bytes(), max_tokens=2).collect().completion_tokens == 2
 
 
