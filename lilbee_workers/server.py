@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import msgspec
 import structlog
 
 from lilbee_workers.config import SupervisorConfig
@@ -277,7 +276,7 @@ class SocketServer:
                         call.cancel()  # it went away: skip or stop the call
                         return False
                     continue
-                if not self._send_quietly(channel, _with_id(reply, client_id)):
+                if not self._send_quietly(channel, reply):  # it carries the client's id
                     call.cancel()  # the client went away mid-stream (or stopped reading)
                     return False
                 if isinstance(reply, FINAL_REPLIES):
@@ -315,9 +314,3 @@ def _client_gone(channel: SocketChannel[SocketRequest]) -> bool:
         return False
     except OSError:
         return True
-
-
-def _with_id(frame: AnyFrame, request_id: int) -> AnyFrame:
-    if hasattr(frame, "id"):
-        return msgspec.structs.replace(frame, id=request_id)
-    return frame

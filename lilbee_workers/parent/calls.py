@@ -6,6 +6,8 @@ import queue
 import time
 from typing import Protocol
 
+import msgspec
+
 from lilbee_workers.errors import Cancelled, WorkerError, WorkerTimeout
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.error_frames import from_frame
@@ -88,13 +90,20 @@ class Call:
 
     def deliver_chunk(self, frame: ChatChunk) -> None:
         self.chunks_delivered += 1
-        self._replies.put(frame)
+        self._replies.put(self._as_answer(frame))
 
     def finish(self, frame: AnyFrame) -> None:
         if self.finished:
             return  # answered already (e.g. failed while its worker wound down)
-        self._replies.put(self._timeout_error() if self.timed_out else frame)
+        self._replies.put(self._timeout_error() if self.timed_out else self._as_answer(frame))
         self.finished = True
+
+    def _as_answer(self, frame: AnyFrame) -> AnyFrame:
+        """The frame under the caller's request id (on the pipe it carried the attempt's
+        id): ids are swapped here and in ``attempt``, nowhere else."""
+        if getattr(frame, "id", self.request.id) != self.request.id:
+            return msgspec.structs.replace(frame, id=self.request.id)
+        return frame
 
     def time_out(self) -> None:
         """The caller's timeout ran out while the call ran: cancel it; its answer will
