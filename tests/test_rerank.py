@@ -3,14 +3,24 @@ and the generative fallback on gemma 3 270M."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import wait_until
-from lilbee_workers import InvalidRequest, Supervisor, SupervisorConfig, WorkerUnavailable
+from lilbee_workers import (
+    InvalidRequest,
+    ModelError,
+    Supervisor,
+    SupervisorConfig,
+    WorkerUnavailable,
+)
+from lilbee_workers.roles.rerank import GENERATIVE_PROMPT, p_yes
 
 DOCS = ["bees make honey", "rust code", "the cat and the dog", "honey is sweet", "sun and rain"]
 
@@ -93,14 +103,76 @@ def test_model_without_rank_head_is_refused_at_load(
             sup.rerank("q", ["d"])
 
 
-def test_generative_fallback_scores_with_gemma(
+def generative_reference(model_path: str, n_ctx: int, query: str, docs: list[str]) -> list[float]:
+    """P(yes)/(P(yes)+P(no)) per document, computed here with an in-process ``Llama``
+    opened with ``logits_all=True`` (its own logits buffer, not the worker's read)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path, n_ctx=n_ctx, logits_all=True, verbose=False)
+    try:
+        yes = llm.tokenize(b" yes", add_bos=False)[0]
+        no = llm.tokenize(b" no", add_bos=False)[0]
+        scores = []
+        for doc in docs:
+            prompt = GENERATIVE_PROMPT.format(query=query, document=doc)
+            tokens = llm.tokenize(prompt.encode(), add_bos=True)
+            llm.reset()
+            llm.eval(tokens)
+            last = llm.scores[len(tokens) - 1].astype(np.float64)
+            scores.append(float(1.0 / (1.0 + np.exp(last[no] - last[yes]))))
+        return scores
+    finally:
+        llm.close()
+
+
+def test_generative_scores_equal_p_yes_computed_directly(
     make_config: Callable[..., SupervisorConfig], model_path: str
 ) -> None:
-    config = make_config({"rerank": {"model": model_path, "rerank_mode": "generative"}})
+    query = "what do bees make"
+    docs = ["honey is made by bees", "rust is a programming language", "the sky is blue"]
+    config = make_config(
+        {"rerank": {"model": model_path, "rerank_mode": "generative", "n_ctx": 256}}
+    )
     with Supervisor(config) as sup:
-        docs = ["Bees make honey from nectar.", "The stock market fell today."]
-        first = sup.rerank("What do bees make?", docs)
-        second = sup.rerank("What do bees make?", docs)
-        assert len(first) == 2
-        assert all(0.0 <= item.score <= 1.0 for item in first)
-        assert [(i.index, i.score) for i in first] == [(i.index, i.score) for i in second]
+        first = {item.index: item.score for item in sup.rerank(query, docs)}
+        # Reversed order, then one document alone: a score must not depend on what the
+        # worker evaluated before it.
+        again = {item.index: item.score for item in sup.rerank(query, docs[::-1])}
+        [alone] = sup.rerank(query, [docs[1]])
+    expected = generative_reference(model_path, 256, query, docs)
+    got = [first[i] for i in range(len(docs))]
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert [again[len(docs) - 1 - i] for i in range(len(docs))] == pytest.approx(expected, abs=1e-4)
+    assert alone.score == pytest.approx(expected[1], abs=1e-4)
+    assert first[0] > first[1]  # honey beats rust for "what do bees make"
+    assert len(set(got)) == len(got)  # not one constant (the 0.5-for-everything bug)
+
+
+def test_generative_refuses_a_model_whose_yes_and_no_share_a_first_token(
+    make_config: Callable[..., SupervisorConfig], tmp_path: Path
+) -> None:
+    from tiny_models import write_tiny_reranker
+
+    # No letters in the vocabulary: " yes" and " no" both tokenize to [UNK].
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "\u2581bee", "\u2581honey"]
+    model = write_tiny_reranker(tmp_path / "no-letters.gguf", rank_head=False, vocab=vocab)
+    config = make_config({"rerank": {"model": str(model), "rerank_mode": "generative"}})
+    with Supervisor(config) as sup:
+        [status] = sup.status()
+        assert status.state == "failed"
+        assert '" yes" and " no" start with the same token (1)' in status.last_exit
+        with pytest.raises(WorkerUnavailable, match="same token"):
+            sup.rerank("bees", ["honey"])
+
+
+@pytest.mark.parametrize(
+    ("yes", "no"), [(math.nan, 0.0), (0.0, math.inf), (-math.inf, 1.0)], ids=["nan", "inf", "-inf"]
+)
+def test_non_finite_logits_are_a_model_error(yes: float, no: float) -> None:
+    with pytest.raises(ModelError, match="non-finite logits"):
+        p_yes(yes, no)
+
+
+def test_p_yes_is_the_two_way_softmax_even_for_huge_logits() -> None:
+    assert p_yes(2.0, 1.0) == pytest.approx(math.exp(2) / (math.exp(2) + math.exp(1)))
+    assert p_yes(1000.0, 0.0) == 1.0 and p_yes(0.0, 1000.0) == 0.0  # no overflow
