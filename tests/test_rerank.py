@@ -3,11 +3,14 @@ and the generative fallback on gemma 3 270M."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +56,138 @@ def test_batched_scores_equal_one_pair_at_a_time(rerank_sup: Supervisor) -> None
         assert alone.score == pytest.approx(batched[index], rel=1e-4, abs=1e-5)
 
 
+MANY_DOCS = [
+    " ".join(words)
+    for words in (
+        ("bees", "make", "honey"),
+        ("rust", "code"),
+        ("the", "cat", "and", "the", "dog"),
+        ("honey", "is", "sweet"),
+        ("sun", "and", "rain"),
+        ("a", "queen", "bee", "in", "the", "hive"),
+        ("python", "code", "is", "sweet"),
+        ("flowers", "make", "nectar"),
+        ("worker", "bees", "gather", "nectar", "from", "flowers"),
+        ("who", "makes", "the", "honey"),
+    )
+] * 3  # 30 pairs, ~240 tokens: with n_ctx 64 the worker needs several llama_decode calls
+
+
+def rank_reference(
+    model_path: str, n_ctx: int, query: str, docs: list[str]
+) -> tuple[list[float], int]:
+    """Each pair alone in its own ``llama_decode`` in this process, built as llama.cpp's
+    server builds rerank pairs ([CLS] query [SEP] document [SEP]); the score is the one
+    float llama.cpp writes for the sequence (element 0). Also the pairs' token total."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path,
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK,
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        verbose=False,
+    )
+    batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        cls, sep = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_sep(vocab)
+        query_tokens = llm.tokenize(query.encode(), add_bos=False)
+        scores, total = [], 0
+        for doc in docs:
+            tokens = [cls, *query_tokens, sep, *llm.tokenize(doc.encode(), add_bos=False), sep]
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            batch.n_tokens = len(tokens)
+            total += len(tokens)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+            assert llama_cpp.llama_decode(llm.ctx, batch) == 0
+            scores.append(float(llama_cpp.llama_get_embeddings_seq(llm.ctx, 0)[0]))
+        return scores, total
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llm.close()
+
+
+def test_scores_spanning_several_decodes_equal_each_pair_decoded_alone(
+    make_config: Callable[..., SupervisorConfig], tiny_reranker: str
+) -> None:
+    n_ctx, query = 64, "what do bees make"
+    config = make_config({"rerank": {"model": tiny_reranker, "n_ctx": n_ctx}})
+    with Supervisor(config) as sup:
+        got = {item.index: item.score for item in sup.rerank(query, MANY_DOCS)}
+    expected, total_tokens = rank_reference(tiny_reranker, n_ctx, query, MANY_DOCS)
+    assert total_tokens > 2 * n_ctx  # the worker cannot have scored them in one decode
+    scores = [got[i] for i in range(len(MANY_DOCS))]
+    # Tolerance: a pair packed with others in one llama_decode differs from the same pair
+    # decoded alone by up to 2.3e-4 here (llama.cpp's own batch-shape numerics: an
+    # in-process packed decode of the worker's groups reproduces the worker bit for bit).
+    # 1e-3 leaves room for that and stays far below the gap between distinct documents'
+    # scores, so a score taken from another pair, or from past element 0, cannot pass.
+    tolerance = 1e-3
+    distinct = sorted(expected[: len(MANY_DOCS) // 3])  # the ten different documents
+    assert min(b - a for a, b in itertools.pairwise(distinct)) > 10 * tolerance
+    assert all(math.isfinite(x) for x in scores)
+    assert scores == pytest.approx(expected, rel=0, abs=tolerance)
+
+
+def test_rank_scores_read_only_element_0_of_each_sequence(
+    monkeypatch: pytest.MonkeyPatch, tiny_reranker: str, tmp_path: Path
+) -> None:
+    """In process: the handler reads one float per sequence, never past element 0 (the
+    rest of llama.cpp's buffer is memory past the real output), over several decodes."""
+    import llama_cpp
+
+    from lilbee_workers import RoleConfig
+    from lilbee_workers.roles.base import RequestContext
+    from lilbee_workers.roles.rerank import RerankRole
+    from lilbee_workers.transport.frames import RerankRequest, RerankResult
+
+    role = RerankRole(
+        RoleConfig(model=tiny_reranker, n_ctx=64), tiny_reranker, str(tmp_path / "rerank.log")
+    )
+    role.load()
+    reads: list[object] = []
+    decodes: list[int] = []
+    real_seq, real_decode = llama_cpp.llama_get_embeddings_seq, llama_cpp.llama_decode
+
+    class ElementZeroOnly:
+        def __init__(self, pointer: Any) -> None:
+            self.pointer = pointer
+
+        def __bool__(self) -> bool:
+            return bool(self.pointer)
+
+        def __getitem__(self, index: object) -> float:
+            reads.append(index)
+            assert index == 0, f"read {index!r} of a rank output: only element 0 is real"
+            return float(self.pointer[0])
+
+    def guarded_seq(ctx: Any, seq_id: int) -> ElementZeroOnly:
+        return ElementZeroOnly(real_seq(ctx, seq_id))
+
+    def counted_decode(ctx: Any, batch: Any) -> int:
+        decodes.append(int(batch.n_tokens))
+        return int(real_decode(ctx, batch))
+
+    for module in (llama_cpp, llama_cpp.llama_cpp):
+        monkeypatch.setattr(module, "llama_get_embeddings_seq", guarded_seq)
+        monkeypatch.setattr(module, "llama_decode", counted_decode)
+    try:
+        request = RerankRequest(id=1, query="what do bees make", documents=MANY_DOCS)
+        reply = role.handle(request, RequestContext(1, lambda frame: None, threading.Event()))
+    finally:
+        monkeypatch.undo()
+        llama_cpp.llama_batch_free(role.batch)
+        role.llm.close()
+    assert isinstance(reply, RerankResult) and len(reply.results) == len(MANY_DOCS)
+    assert len(decodes) >= 3 and max(decodes) <= 64
+    assert reads == [0] * len(MANY_DOCS)
+
+
 def test_top_n_and_empty_list(rerank_sup: Supervisor) -> None:
     top = rerank_sup.rerank("bees", DOCS, top_n=2)
     assert len(top) == 2
@@ -77,7 +212,6 @@ def test_sigkill_mid_call_is_retried_with_the_right_answer(rerank_sup: Superviso
     pid = rerank_sup.worker_pid("rerank")
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)  # the request will sit in the worker's pipe
-    import threading
 
     def kill_once_in_flight() -> None:
         wait_until(lambda: dispatcher.status().in_flight == 1, what="rerank in flight")
