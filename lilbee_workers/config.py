@@ -36,6 +36,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     rerank_mode: Literal["rank", "generative"] = "rank"
     """rerank: ``rank`` needs a model with a rank head; ``generative`` scores P(yes)."""
     max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    """vision: width x height cap, checked from the image header before any decoding."""
     request_timeout_s: float = 300.0
     """Deadline of one call inside the worker; past it the worker is killed and restarted."""
     start_timeout_s: float = 120.0
@@ -62,6 +64,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             "n_ubatch": self.n_ubatch,
             "queue_size": self.queue_size,
             "max_image_bytes": self.max_image_bytes,
+            "max_image_pixels": self.max_image_pixels,
         }
         for key, value in positive.items():
             if value <= 0:
