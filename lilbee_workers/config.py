@@ -50,6 +50,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     rerank_mode: Literal["rank", "generative"] = "rank"
     """rerank: ``rank`` needs a model with a rank head; ``generative`` scores P(yes)."""
     max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    """vision: width x height cap, checked from the image header before any decoding."""
     kill_after_s: float = 300.0
     """Longest one call may run inside the worker: past it the worker is killed and
     restarted, and the call retried once. A last resort for a wedged llama.cpp, not the
@@ -107,6 +109,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             "max_batch_items": self.max_batch_items,
             "max_image_bytes": self.max_image_bytes,
             "coalesce_max_items": self.coalesce_max_items,
+            "max_image_pixels": self.max_image_pixels,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -67,9 +67,11 @@ def write_tiny_reranker(
     seed: int = 1234,
     duplicate_token: bool = False,
     rank_head: bool = True,
+    vocab: list[str] | None = None,
 ) -> Path:
     """A bert-style cross-encoder: RANK pooling, ``cls`` + ``cls.output`` head.
     With ``rank_head=False``: a plain bert embedding model with mean pooling.
+    ``vocab`` replaces ``bert_vocab()`` (its first five must be the special tokens).
 
     ``duplicate_token`` writes one token twice, which makes llama.cpp abort at load
     (SIGABRT): a real crash for crash-loop tests.
@@ -77,7 +79,7 @@ def write_tiny_reranker(
     import gguf
 
     rng = np.random.default_rng(seed)
-    vocab = bert_vocab()
+    vocab = list(vocab) if vocab is not None else bert_vocab()
     if duplicate_token:
         vocab = [*vocab, vocab[10]]
     writer = gguf.GGUFWriter(str(path), "bert")

@@ -18,7 +18,7 @@ from lilbee_workers.child.stdio import rotate_log, use_log_streams
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
 from lilbee_workers.logs import tail_lines
-from lilbee_workers.roles.base import RequestContext, Role
+from lilbee_workers.roles.base import RequestContext, RoleHandler
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.error_frames import to_frame
@@ -65,14 +65,14 @@ def main(data_fd: int, health_fd: int) -> None:
     Server(data, handler, state, config, boot).serve()
 
 
-def load(boot: WorkerBoot, data: PipeChannel[Request], state: RequestState) -> Role:
+def load(boot: WorkerBoot, data: PipeChannel[Request], state: RequestState) -> RoleHandler:
     """Load the role's model and say READY; on failure say why and exit."""
-    from lilbee_workers.roles import create_role
+    from lilbee_workers.roles import create_handler
 
     config = msgspec.msgpack.decode(boot.config, type=RoleConfig)
     started = time.monotonic()
     try:
-        handler = create_role(boot.role, config, boot.model_path, boot.log_path)
+        handler = create_handler(boot.role, config, boot.model_path, boot.log_path)
         model = handler.load()
         handler.watch_cancel(state.cancel)
         if boot.warm_up:
@@ -107,7 +107,7 @@ class Server:
     def __init__(
         self,
         data: PipeChannel[Request],
-        handler: Role,
+        handler: RoleHandler,
         state: RequestState,
         config: RoleConfig,
         boot: WorkerBoot,
@@ -128,7 +128,7 @@ class Server:
             try:
                 request = self.data.receives.decode(raw, self.data.max_frame_bytes)
             except ProtocolError as exc:
-                exc.role = self.handler.kind
+                exc.role = self.handler.role
                 self.data.send(to_frame(exc, codec.request_id_of(raw)))
                 continue
             self.state.begin(request.id)
@@ -140,7 +140,7 @@ class Server:
             try:
                 self.data.send(reply)
             except ProtocolError as exc:  # a reply over the frame cap
-                error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.kind)
+                error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.role)
                 self.data.send(to_frame(error, request.id))
 
     def run(self, request: Request) -> Frame:
@@ -155,13 +155,13 @@ class Server:
                 return self.run_debug(request)
             if not isinstance(request, handler.accepts):
                 raise InvalidRequest(
-                    f"the {handler.kind} worker does not serve {type(request).__name__}"
+                    f"the {handler.role} worker does not serve {type(request).__name__}"
                 )
             return handler.handle(
                 request, RequestContext(request.id, self.data.send, self.state.cancel)
             )
         except WorkerError as exc:
-            exc.role = handler.kind
+            exc.role = handler.role
             if exc.kind not in ("invalid_request", "cancelled"):
                 exc.log_path = handler.log_path
             return to_frame(exc, request.id)
@@ -169,7 +169,7 @@ class Server:
             log.exception("request %d failed", request.id)
             error = ModelError(
                 f"{type(exc).__name__}: {exc}",
-                role=handler.kind,
+                role=handler.role,
                 log_path=handler.log_path,
                 log_tail=tail_lines(handler.log_path, 5),
             )

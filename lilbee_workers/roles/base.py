@@ -41,10 +41,10 @@ class LoadedModel:
         self.chat_template = chat_template
 
 
-class Role(ABC):
+class RoleHandler(ABC):
     """A role's handler, living in the worker process. One request at a time."""
 
-    kind: ClassVar[str]
+    role: ClassVar[str]
     accepts: ClassVar[tuple[type[Frame], ...]]
 
     def __init__(self, config: RoleConfig, model_path: str, log_path: str) -> None:

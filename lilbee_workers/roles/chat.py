@@ -10,7 +10,7 @@ from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
-    Role,
+    RoleHandler,
     check_sampling,
     check_seed,
     decode_aborted,
@@ -166,8 +166,8 @@ def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-class ChatRole(Role):
-    kind = "chat"
+class ChatHandler(RoleHandler):
+    role = "chat"
     accepts = (ChatRequest, CompleteRequest)
     llm: Llama
     meter: GenerationMeter

@@ -11,7 +11,7 @@ from lilbee_workers.errors import InvalidRequest, ModelError
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
-    Role,
+    RoleHandler,
     decode_aborted,
     model_metadata,
     open_llama,
@@ -45,8 +45,8 @@ def resolve_pooling(setting: str, model_path: str) -> int:
     return _POOLING_BY_NAME["mean"]
 
 
-class EmbedRole(Role):
-    kind = "embed"
+class EmbedHandler(RoleHandler):
+    role = "embed"
     accepts = (EmbedRequest, EmbedBatchRequest)
     llm: Llama
 
@@ -91,7 +91,7 @@ class EmbedRole(Role):
             try:
                 part_sizes = self.token_counts(part)
             except InvalidRequest as exc:
-                exc.role = self.kind
+                exc.role = self.role
                 answers[index] = to_frame(exc, part.id)
                 continue
             owners.append((index, len(texts), len(texts) + len(part.texts)))

@@ -7,17 +7,26 @@ pooling, ``Llama.embed()`` hands back ``n_embd`` floats per input of which only 
 first is real; we never read past it.)
 
 ``generative`` mode scores with any chat/base model: the probability of " yes" against
-" no" after a relevance question. Slower, one evaluation per document, but it works
-with models that have no rank head.
+" no" after a relevance question, read from the logits of the prompt's last position
+(through ``llama_get_logits_ith``: ``Llama.scores`` holds zeros unless the model was
+opened with ``logits_all``). Slower, one evaluation per document from an empty context,
+but it works with models that have no rank head.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lilbee_workers.errors import InvalidRequest, ModelError
-from lilbee_workers.roles.base import LoadedModel, RequestContext, Role, model_metadata, open_llama
+from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
+from lilbee_workers.roles.base import (
+    LoadedModel,
+    RequestContext,
+    RoleHandler,
+    decode_aborted,
+    model_metadata,
+    open_llama,
+)
 from lilbee_workers.transport.frames import Frame, Request, RerankRequest, RerankResult
 from lilbee_workers.types import RerankItem
 
@@ -31,8 +40,8 @@ GENERATIVE_PROMPT = (
 )
 
 
-class RerankRole(Role):
-    kind = "rerank"
+class RerankHandler(RoleHandler):
+    role = "rerank"
     accepts = (RerankRequest,)
     llm: Llama
 
@@ -43,6 +52,11 @@ class RerankRole(Role):
             self.llm = open_llama(self.config, self.model_path, self.log_path)
             self.yes = self._first_token(" yes")
             self.no = self._first_token(" no")
+            if self.yes == self.no:
+                raise ModelError(
+                    f'{self.model_path}: " yes" and " no" start with the same token '
+                    f"({self.yes}), so generative scoring cannot tell them apart"
+                )
             return LoadedModel(n_ctx=self.llm.n_ctx())
         arch = model_metadata(self.model_path, "general.architecture") or "?"
         declared = model_metadata(self.model_path, f"{arch}.pooling_type")
@@ -150,6 +164,8 @@ class RerankRole(Role):
         batch.n_tokens = n
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llm.ctx), True)
         status = llama_cpp.llama_decode(self.llm.ctx, batch)
+        if status == 2:  # our abort callback stopped it: the request was cancelled
+            raise Cancelled("rerank cancelled mid-decode")
         if status != 0:
             raise ModelError(f"llama_decode failed with status {status}")
         scores = []
@@ -172,6 +188,8 @@ class RerankRole(Role):
         return int(tokens[0])
 
     def _score_generative(self, request: RerankRequest, ctx: RequestContext) -> list[float]:
+        import llama_cpp
+
         scores = []
         limit = self.llm.n_ctx()
         for index, document in enumerate(request.documents):
@@ -188,12 +206,27 @@ class RerankRole(Role):
                     add_bos=False,
                 )
                 tokens = tokens[: limit - len(tail) - 1] + tail
+            # Every document from an empty context: no prefix reuse, so a score never
+            # depends on the documents or requests evaluated before it.
             self.llm.reset()  # type: ignore[no-untyped-call]
-            self.llm.eval(tokens)
-            logits: Any = self.llm.scores[self.llm.n_tokens - 1]
-            yes, no = float(logits[self.yes]), float(logits[self.no])
-            top = max(yes, no)
-            p_yes = math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top))
-            scores.append(p_yes)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llm.ctx), True)
+            try:
+                self.llm.eval(tokens)
+            except RuntimeError as exc:
+                if decode_aborted(exc, ctx.cancel):
+                    ctx.raise_if_cancelled()
+                raise
+            logits = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+            if not logits:
+                raise ModelError("llama.cpp kept no logits for the prompt's last position")
+            scores.append(p_yes(float(logits[self.yes]), float(logits[self.no])))
             ctx.raise_if_cancelled()
         return scores
+
+
+def p_yes(yes: float, no: float) -> float:
+    """P(yes) / (P(yes) + P(no)) from the two logits; ``ModelError`` if not finite."""
+    if not (math.isfinite(yes) and math.isfinite(no)):
+        raise ModelError(f"llama.cpp returned non-finite logits (yes {yes}, no {no})")
+    top = max(yes, no)
+    return math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top))

@@ -2,8 +2,9 @@
 
 A language model plus its multimodal projector (mmproj / CLIP GGUF), run through
 llama-cpp-python's mtmd chat handlers. The image is checked with Pillow before it gets
-near llama.cpp; it crosses the pipe as raw bytes and becomes a data URI only inside the
-worker (no temp files).
+near llama.cpp: its width x height against ``max_image_pixels`` from the header, before
+anything is decoded, then a full decode. It crosses the pipe as raw bytes and becomes a
+data URI only inside the worker (no temp files).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import base64
 import io
 import os
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from lilbee_workers.errors import InvalidRequest, ModelError
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
-    Role,
+    RoleHandler,
     check_sampling,
     check_seed,
     open_llama,
@@ -33,9 +35,10 @@ DEFAULT_PROMPT = "Describe this image."
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg"}
 
 
-def check_image(data: bytes, max_bytes: int) -> str:
-    """The image's MIME type; ``InvalidRequest`` for an empty, oversized, corrupt or
-    non-PNG/JPEG payload."""
+def check_image(data: bytes, max_bytes: int, max_pixels: int) -> str:
+    """The image's MIME type; ``InvalidRequest`` for an empty, oversized (bytes or
+    pixels), corrupt or non-PNG/JPEG payload. The pixel count comes from the header and
+    is checked before any pixel is decoded."""
     if not data:
         raise InvalidRequest("image is empty")
     if len(data) > max_bytes:
@@ -43,11 +46,26 @@ def check_image(data: bytes, max_bytes: int) -> str:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = image.format or ""
-            image.verify()
+        with warnings.catch_warnings():
+            # Pillow warns inside open() past its own limit (~89 Mpx); the size is
+            # checked against our cap right below, which names the size and the cap.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                kind = image.format or ""
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise InvalidRequest(
+                        f"image is {width}x{height} = {width * height} pixels, over the "
+                        f"{max_pixels}-pixel cap (max_image_pixels)"
+                    )
+                image.verify()
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # verify() misses truncated pixel data; decoding does not
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidRequest(
+            f"image is too large to decode ({exc}); the cap is {max_pixels} pixels "
+            "(max_image_pixels)"
+        ) from None
     except UnidentifiedImageError:
         raise InvalidRequest("image is not a readable PNG or JPEG: unrecognised data") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -57,14 +75,19 @@ def check_image(data: bytes, max_bytes: int) -> str:
     return _MIME[kind]
 
 
-class VisionRole(Role):
-    kind = "vision"
+class VisionHandler(RoleHandler):
+    role = "vision"
     accepts = (VisionRequest,)
     llm: Llama
 
     def load(self) -> LoadedModel:
         from llama_cpp.llama_chat_format import Llava15ChatHandler, MTMDChatHandler
+        from PIL import Image
 
+        # Pillow refuses outright images over twice its own limit; in this (vision
+        # worker) process, lift that limit to our cap so only ``max_image_pixels`` decides.
+        if Image.MAX_IMAGE_PIXELS is not None:
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, self.config.max_image_pixels)
         projector = os.path.expanduser(self.config.mmproj or "")
         if not os.path.isfile(projector):
             raise ModelError(f"multimodal projector not found: {projector}")
@@ -84,7 +107,7 @@ class VisionRole(Role):
 
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
         assert isinstance(request, VisionRequest)
-        mime = check_image(request.image, self.config.max_image_bytes)
+        mime = check_image(request.image, self.config.max_image_bytes, self.config.max_image_pixels)
         check_sampling(request.max_tokens, request.temperature)
         check_seed(request.seed)
         uri = f"data:{mime};base64,{base64.b64encode(request.image).decode('ascii')}"

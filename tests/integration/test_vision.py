@@ -21,6 +21,7 @@ from lilbee_workers import (
     WorkerCrashed,
     WorkerUnavailable,
 )
+from lilbee_workers.roles.vision import check_image
 from tiny_models import png_bytes
 
 
@@ -29,6 +30,35 @@ def jpeg_bytes() -> bytes:
     pixels = np.full((30, 30, 3), 200, dtype=np.uint8)
     Image.fromarray(pixels, "RGB").save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of ``width`` x ``height`` black pixels, written by hand:
+    the rows are all zeros, so 100 Mpx compress to about 12 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    rows = bytes((1 + (width + 7) // 8) * height)  # filter byte 0 + packed bits, per row
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def memory_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +112,16 @@ def test_gif_is_refused(vision_sup: Supervisor) -> None:
 
 
 def test_killed_before_the_first_chunk_is_retried(vision_sup: Supervisor) -> None:
-    dispatcher = vision_sup._dispatcher("vision")
-    before = dispatcher.restarts
+    before = vision_sup.role_status("vision").restarts
     pid = vision_sup.worker_pid("vision")
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     stream = vision_sup.vision(png_bytes(), max_tokens=4, temperature=0.0)
-    wait_until(lambda: dispatcher.status().in_flight == 1, what="vision in flight")
+    wait_until(lambda: vision_sup.role_status("vision").in_flight == 1, what="in flight")
     os.kill(pid, signal.SIGKILL)
     result = stream.collect()
     assert result.completion_tokens == 4
-    assert dispatcher.restarts == before + 1
+    assert vision_sup.role_status("vision").restarts == before + 1
 
 
 def test_killed_after_a_chunk_reports_the_delivered_count(vision_sup: Supervisor) -> None:
@@ -183,3 +212,38 @@ def test_all_four_roles_serve_concurrently_without_blocking_each_other(
         assert {s.role: s.state for s in sup.status()} == dict.fromkeys(
             ("embed", "chat", "rerank", "vision"), "ready"
         )
+
+
+def test_image_declaring_100_megapixels_is_refused_from_its_header(vision_sup: Supervisor) -> None:
+    bomb = huge_png(10_000, 10_000)
+    assert len(bomb) < 50_000
+    pid = vision_sup.worker_pid("vision")
+    assert pid is not None
+    with open(f"/proc/{pid}/clear_refs", "w") as handle:
+        handle.write("5")  # reset the worker's peak RSS (VmHWM) to its current RSS
+    rss_before = memory_kb(pid, "VmRSS")
+    started = time.monotonic()
+    with pytest.raises(
+        InvalidRequest,
+        match=r"image is 10000x10000 = 100000000 pixels, over the 64000000-pixel cap "
+        r"\(max_image_pixels\)",
+    ):
+        vision_sup.vision(bomb).collect()
+    assert time.monotonic() - started < 2.0
+    # Decoding it would take 100 MB in Pillow (1 byte per pixel) and 300 MB in llama.cpp.
+    assert memory_kb(pid, "VmHWM") - rss_before < 30_000
+    assert vision_sup.worker_pid("vision") == pid
+    assert vision_sup.vision(png_bytes(), max_tokens=2).collect().completion_tokens == 2
+
+
+def test_pixel_cap_is_inclusive_and_checked_before_decoding() -> None:
+    image = png_bytes(48, 40)
+    assert check_image(image, 1 << 20, 48 * 40) == "image/png"
+    with pytest.raises(InvalidRequest, match=r"48x40 = 1920 pixels, over the 1919-pixel cap"):
+        check_image(image, 1 << 20, 48 * 40 - 1)
+    # A header claiming more than Pillow's own hard limit (2 x ~89 Mpx): still an
+    # InvalidRequest naming the cap, never Pillow's DecompressionBombError.
+    with pytest.raises(
+        InvalidRequest, match=r"\(Image size \(400000000 pixels\).*the cap is 64000000 pixels"
+    ):
+        check_image(huge_png(20_000, 20_000), 1 << 20, 64_000_000)
