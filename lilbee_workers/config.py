@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -215,22 +216,25 @@ def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfi
                 try:
                     roles[name] = msgspec.convert(table, RoleConfig)
                 except msgspec.ValidationError as exc:
-                    raise ConfigError(f"roles.{name}.{_readable(str(exc))}") from None
+                    raise ConfigError(f"roles.{name}.{_readable(str(exc), RoleConfig)}") from None
         config = msgspec.convert(raw, SupervisorConfig)
         return config.validate()
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+        raise ConfigError(f"{source}: {_readable(str(exc), SupervisorConfig)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _readable(message: str) -> str:
-    """msgspec's "Expected `int`, got `str` - at `$.n_ctx`" as "n_ctx: Expected ..."."""
+def _readable(message: str, struct: type[msgspec.Struct]) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.n_ctx`" as "n_ctx: Expected ...";
+    an unknown key of ``struct`` with the nearest known key as a suggestion."""
     if " - at `$" in message:
         text, where = message.rsplit(" - at `$", 1)
         return f"{where.rstrip('`').lstrip('.')}: {text}"
     if message.startswith("Object contains unknown field "):
-        return f"{message.removeprefix('Object contains unknown field ').strip('`')}: unknown key"
+        key = message.removeprefix("Object contains unknown field ").strip("`")
+        near = difflib.get_close_matches(key, struct.__struct_fields__, n=1, cutoff=0.6)
+        return f"{key}: unknown key" + (f" (did you mean `{near[0]}`?)" if near else "")
     return message
 
 
