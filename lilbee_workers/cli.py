@@ -335,6 +335,34 @@ def vision(
         _stream(stream, as_json)
 
 
+@app.command()
+def doctor(
+    config: ConfigOption = None, socket_path: SocketOption = None, as_json: JsonOption = False
+) -> None:
+    """Check config, models, directories and daemon; say what to fix.
+
+    Checks the config, each model file (a GGUF of the right kind for its role), the
+    log and socket directories, and the daemon. Exit 0 when nothing is wrong (warnings
+    allowed), 1 when a problem is found.
+
+    Without --config: the default config (embed + chat on the bundled gemma 3 270M).
+    """
+    from lilbee_workers.config import default_config, socket_path_for
+    from lilbee_workers.doctor import Finding, diagnose, report_json, report_text
+    from lilbee_workers.errors import ConfigError
+
+    try:
+        settings = _settings(config) or default_config()
+    except ConfigError as exc:
+        findings = [Finding("config", "error", str(exc), "correct the key it names")]
+    else:
+        socket, source = socket_path_for(socket_path, settings, config)
+        findings = diagnose(settings, config, socket, source)
+    print(report_json(findings) if as_json else report_text(findings))
+    if any(f.level == "error" for f in findings):
+        raise typer.Exit(EXIT_ERROR)
+
+
 def main() -> None:
     app()
 

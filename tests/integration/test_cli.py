@@ -128,7 +128,9 @@ def test_chat_json_is_a_clean_document(daemon: DaemonProcess) -> None:
     assert document["completion_tokens"] == 4 and document["text"]
 
 
-@pytest.mark.parametrize("command", [[], ["status"], ["restart"], ["chat"], ["serve"], ["embed"]])
+@pytest.mark.parametrize(
+    "command", [[], ["status"], ["restart"], ["chat"], ["serve"], ["embed"], ["doctor"]]
+)
 def test_help_has_no_bool_metavar(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.exit_code == 0, result.output
