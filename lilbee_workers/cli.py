@@ -1,9 +1,6 @@
-"""The ``lilbee-workers`` command line (typer).
-
-Client commands find the socket as ``config.socket_path_for`` says. Errors go to stderr
-as plain lines (never wrapped), or with ``--json`` to stdout as
-``{"error": {"kind": ..., "message": ...}}``; the exit codes are the same either way.
-"""
+"""The ``lilbee-workers`` command line (typer). Client commands find the socket as
+``config.socket_path_for`` says; errors go to stderr as plain lines, or with ``--json``
+to stdout as ``{"error": {"kind": ..., "message": ...}}``, with the same exit codes."""
 
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from lilbee_workers.api import ChatStream
     from lilbee_workers.client import Client
     from lilbee_workers.config import SupervisorConfig
 
@@ -110,7 +106,7 @@ def _settings(config: Path | None) -> SupervisorConfig | None:
     """The config file's settings, None without one; ``ConfigError`` if invalid."""
     from lilbee_workers.config import load_config
 
-    return None if config is None else load_config(config)
+    return load_config(config) if config else None
 
 
 def _say_error(text: str) -> None:
@@ -264,19 +260,6 @@ def embed(
         print(f"{text[:40]!r}: dim {vector.shape[0]} [{head}, ...]")
 
 
-def _stream(stream: ChatStream, as_json: bool) -> None:
-    """Print a chat/vision stream as it comes, or its result as one JSON document."""
-    from lilbee_workers.output import chat_document
-
-    if as_json:
-        print(json.dumps(chat_document(stream.collect())))
-        return
-    for chunk in stream:
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    print()
-
-
 @app.command()
 def chat(
     prompt: Annotated[str, typer.Argument(help="What to say to the chat model.")],
@@ -291,9 +274,11 @@ def chat(
 
     --json prints {text, finish_reason, prompt_tokens, completion_tokens} at the end.
     """
+    from lilbee_workers.output import print_stream
+
     with _daemon(socket_path, config, as_json) as client:
         stream = client.chat(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed)
-        _stream(stream, as_json)
+        print_stream(stream, as_json)
 
 
 @app.command()
@@ -330,9 +315,11 @@ def vision(
 
     --json prints {text, finish_reason, prompt_tokens, completion_tokens} at the end.
     """
+    from lilbee_workers.output import print_stream
+
     with _daemon(socket_path, config, as_json) as client:
         stream = client.vision(image.read_bytes(), prompt, max_tokens=max_tokens)
-        _stream(stream, as_json)
+        print_stream(stream, as_json)
 
 
 @app.command()
@@ -347,17 +334,9 @@ def doctor(
 
     Without --config: the default config (embed + chat on the bundled gemma 3 270M).
     """
-    from lilbee_workers.config import default_config, socket_path_for
-    from lilbee_workers.doctor import Finding, diagnose, report_json, report_text
-    from lilbee_workers.errors import ConfigError
+    from lilbee_workers.doctor import check_config, report_json, report_text
 
-    try:
-        settings = _settings(config) or default_config()
-    except ConfigError as exc:
-        findings = [Finding("config", "error", str(exc), "correct the key it names")]
-    else:
-        socket, source = socket_path_for(socket_path, settings, config)
-        findings = diagnose(settings, config, socket, source)
+    findings = check_config(config, socket_path)
     print(report_json(findings) if as_json else report_text(findings))
     if any(f.level == "error" for f in findings):
         raise typer.Exit(EXIT_ERROR)

@@ -14,7 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from lilbee_workers.config import RoleConfig, SupervisorConfig
+from lilbee_workers.config import (
+    RoleConfig,
+    SupervisorConfig,
+    default_config,
+    load_config,
+    socket_path_for,
+)
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.gguf_info import GGUFError, GGUFInfo, read_metadata
 
@@ -31,6 +37,17 @@ class Finding:
     level: Level
     message: str
     fix: str = ""
+
+
+def check_config(config_path: Path | None, socket_flag: Path | None) -> list[Finding]:
+    """Every check for a config file (the default config without one); the socket as
+    client commands pick it, ``socket_flag`` first."""
+    try:
+        config = load_config(config_path) if config_path else default_config()
+    except ConfigError as exc:
+        return [Finding("config", "error", str(exc), "correct the key it names")]
+    socket, source = socket_path_for(socket_flag, config, config_path)
+    return diagnose(config, config_path, socket, source)
 
 
 def diagnose(

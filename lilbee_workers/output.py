@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from rich.table import Table
@@ -14,6 +15,9 @@ from rich.table import Table
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.transport.frames import ChatResult
 from lilbee_workers.types import RoleStatus
+
+if TYPE_CHECKING:
+    from lilbee_workers.api import ChatStream
 
 QUIET_KINDS = ("invalid_request", "cancelled")
 """Errors about the request itself: the worker's log has nothing to add."""
@@ -87,6 +91,17 @@ def restart_lines(statuses: list[RoleStatus], waited: bool) -> list[str]:
             log = existing_log(s.log_path)
             lines.append(f"{s.role}: {s.state}{reason}" + (f" (worker log: {log})" if log else ""))
     return lines
+
+
+def print_stream(stream: ChatStream, as_json: bool) -> None:
+    """Print a chat/vision stream as it comes, or its result as one JSON document."""
+    if as_json:
+        print(json.dumps(chat_document(stream.collect())))
+        return
+    for chunk in stream:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    print()
 
 
 def chat_document(result: ChatResult) -> dict[str, Any]:
