@@ -1,30 +1,30 @@
-"""The ``lilbee-workers`` command line (typer)."""
+"""The ``lilbee-workers`` command line (typer). Client commands find the socket as
+``config.socket_path_for`` says; errors go to stderr as plain lines, or with ``--json``
+to stdout as ``{"error": {"kind": ..., "message": ...}}``, with the same exit codes."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import msgspec
 import typer
 from rich.console import Console
-from rich.table import Table
-
-from lilbee_workers.types import RoleStatus
 
 if TYPE_CHECKING:
-    from lilbee_workers.api import ChatStream
     from lilbee_workers.client import Client
+    from lilbee_workers.config import SupervisorConfig
 
 app = typer.Typer(
     help="Supervise local llama.cpp model workers: one subprocess per role "
     "(embed, chat, rerank, vision), restarted when they crash or hang.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich's shows `<bool>` after every flag
 )
-err = Console(stderr=True)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -37,69 +37,26 @@ def _group() -> None:
     """Supervise local llama.cpp model workers."""
 
 
-def status_table(statuses: list[RoleStatus]) -> Table:
-    table = Table(
-        title="lilbee-workers", box=None, pad_edge=False, padding=(0, 1, 0, 0), show_header=True
-    )
-    for column in ("role", "state", "pid", "model", "up", "restarts", "run+q", "ok/err"):
-        if column == "model":  # the column that gives way on a narrow terminal
-            table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=6, max_width=12)
-        else:
-            table.add_column(column, no_wrap=True, min_width=len(column))
-    table.add_column("p50/p99ms", no_wrap=True)
-    table.add_column("RSS", no_wrap=True)
-    exits = []
-    for s in statuses:
-        p50 = "-" if s.p50_ms is None else f"{s.p50_ms:.0f}"
-        p99 = "-" if s.p99_ms is None else f"{s.p99_ms:.0f}"
-        table.add_row(
-            s.role,
-            s.state,
-            str(s.pid or "-"),
-            Path(s.model).stem,
-            _duration(s.uptime_s),
-            str(s.restarts),
-            f"{s.in_flight}+{s.queued}",
-            f"{s.served}/{s.errors}",
-            f"{p50}/{p99}",
-            _size(s.rss_bytes),
-        )
-        if s.last_exit:
-            exits.append(f"{s.role}: {s.last_exit}")
-    if exits:
-        table.caption = "last exit - " + "; ".join(exits)
-    return table
-
-
-def _size(n_bytes: int) -> str:
-    if n_bytes >= 2**30:
-        return f"{n_bytes / 2**30:.1f}G"
-    return f"{n_bytes / 2**20:.0f}M"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds:.0f}s"
-
-
-def statuses_json(statuses: list[RoleStatus]) -> str:
-    return json.dumps({"roles": msgspec.to_builtins(statuses)}, indent=2)
-
-
 @app.command()
 def demo(
     config: Annotated[
         Path | None, typer.Option(help="TOML config; default: embed + chat on gemma 3 270M")
     ] = None,
 ) -> None:
-    """Run a supervisor in this process: embed a few texts, stream a chat reply, show status."""
-    from lilbee_workers.config import default_config, load_config
+    """Try it in-process: embed, stream a chat reply, show status.
+
+    Runs a supervisor in this process (no daemon): embeds a few texts, streams a chat
+    reply and prints each role's status.
+    """
+    from lilbee_workers.config import default_config
+    from lilbee_workers.errors import ConfigError
+    from lilbee_workers.output import status_table
     from lilbee_workers.supervisor import Supervisor
 
-    settings = load_config(config) if config else default_config()
+    try:
+        settings = _settings(config) or default_config()
+    except ConfigError as exc:
+        _fail(exc)
     out = Console()
     with Supervisor(settings) as sup:
         texts = ["Bees make honey.", "Honey is sweet.", "Rust is a systems language."]
@@ -124,79 +81,127 @@ def demo(
         out.print(status_table(sup.status()))
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="LILBEE_WORKERS_CONFIG",
+        help="TOML config file; client commands take the daemon's socket from it.",
+    ),
+]
 SocketOption = Annotated[
     Path | None,
     typer.Option(
         "--socket",
         envvar="LILBEE_WORKERS_SOCKET",
-        help="The daemon's Unix socket (default: $XDG_RUNTIME_DIR/lilbee-workers.sock).",
+        help="The daemon's Unix socket; beats the config's `socket` "
+        "(default: $XDG_RUNTIME_DIR/lilbee-workers.sock).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 
-def _client(socket_path: Path | None) -> Client:
+def _settings(config: Path | None) -> SupervisorConfig | None:
+    """The config file's settings, None without one; ``ConfigError`` if invalid."""
+    from lilbee_workers.config import load_config
+
+    return load_config(config) if config else None
+
+
+def _say_error(text: str) -> None:
+    """One plain line (or several) on stderr: no markup, no wrapping inside paths."""
+    typer.echo(f"error: {text}", err=True)
+
+
+def _client(socket_path: Path | None, config: Path | None = None) -> Client:
+    """A client on the socket that ``socket_path_for`` picks."""
+    from lilbee_workers.config import socket_path_for
+
+    settings = _settings(config)
+    return _connect(socket_path_for(socket_path, settings, config)[0], settings)
+
+
+def _connect(path: Path, settings: SupervisorConfig | None) -> Client:
     from lilbee_workers.client import Client
+    from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
-    return Client(socket_path)
+    frame_cap = settings.max_frame_bytes if settings else DEFAULT_MAX_FRAME_BYTES
+    return Client(path, max_frame_bytes=frame_cap)
 
 
-def _fail(error: Exception) -> NoReturn:
+def _fail(error: Exception, as_json: bool = False, socket_source: str = "") -> NoReturn:
     from lilbee_workers.errors import DaemonUnreachable
+    from lilbee_workers.output import error_json, error_text
 
-    err.print(f"[red]error:[/] {error}", markup=True, highlight=False)
+    if as_json:
+        print(error_json(error, socket_source))
+    else:
+        _say_error(error_text(error, socket_source))
     raise typer.Exit(EXIT_UNREACHABLE if isinstance(error, DaemonUnreachable) else EXIT_ERROR)
+
+
+@contextmanager
+def _daemon(socket_path: Path | None, config: Path | None, as_json: bool) -> Iterator[Client]:
+    """A client of the daemon; a ``WorkerError`` or ``ConfigError`` in the block is
+    printed (as JSON with ``--json``) and exits with its code."""
+    from lilbee_workers.config import socket_path_for
+    from lilbee_workers.errors import ConfigError, WorkerError
+
+    source = ""
+    try:
+        settings = _settings(config)
+        path, source = socket_path_for(socket_path, settings, config)
+        with _connect(path, settings) as client:
+            yield client
+    except (WorkerError, ConfigError) as exc:
+        _fail(exc, as_json, source)
 
 
 @app.command()
 def serve(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", envvar="LILBEE_WORKERS_CONFIG", help="TOML config file."),
-    ] = None,
+    config: ConfigOption = None,
     socket_path: SocketOption = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log JSON lines.")] = False,
 ) -> None:
-    """Run the supervisor and serve it on a Unix socket (until SIGTERM or Ctrl-C).
+    """Run the supervisor, serving it on a Unix socket.
 
-    SIGHUP reloads the config file, restarting only roles whose settings changed.
-    Without --config: embed + chat on the bundled gemma 3 270M.
+    Runs until SIGTERM or Ctrl-C. SIGHUP reloads the config file, restarting only
+    roles whose settings changed. Without --config: embed + chat on the bundled
+    gemma 3 270M.
     """
-    from lilbee_workers.config import default_config, load_config
+    from lilbee_workers.config import default_config
     from lilbee_workers.daemon import Daemon
     from lilbee_workers.errors import ConfigError
     from lilbee_workers.logs import configure_logging
 
     try:
-        settings = load_config(config) if config else default_config()
-    except ConfigError as exc:
-        err.print(f"[red]invalid config:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_ERROR) from None
-    configure_logging(settings.log_level, "json" if json_logs else settings.log_format)
-    try:
+        settings = _settings(config) or default_config()
+        configure_logging(settings.log_level, "json" if json_logs else settings.log_format)
         code = Daemon(settings, config_path=config, socket_path=socket_path).run()
     except ConfigError as exc:
-        err.print(f"[red]invalid config:[/] {exc}", highlight=False)
+        _say_error(f"invalid config: {exc}")
         raise typer.Exit(EXIT_ERROR) from None
     except RuntimeError as exc:  # DaemonSetupError: the socket cannot be set up safely
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        _say_error(str(exc))
         raise typer.Exit(EXIT_ERROR) from None
     raise typer.Exit(code)
 
 
 @app.command()
-def status(socket_path: SocketOption = None, as_json: JsonOption = False) -> None:
-    """Show every role: state, pid, model, uptime, restarts, last exit, load, latency.
+def status(
+    socket_path: SocketOption = None, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """Show each role's state, pid, uptime, restarts, load, latency.
 
-    Exit code 0 when every role is ready, 3 when some role is not, 2 when the daemon
-    cannot be reached.
+    Also the model, the last exit reason and memory. Exit code 0 when every role is
+    ready, 3 when some role is not, 2 when the daemon cannot be reached, 1 on any other
+    error.
     """
-    from lilbee_workers.errors import WorkerError
+    from lilbee_workers.output import status_table, statuses_json
 
-    try:
-        statuses = _client(socket_path).status()
-    except WorkerError as exc:
-        _fail(exc)
+    with _daemon(socket_path, config, as_json) as client:
+        statuses = client.status()
     if as_json:
         print(statuses_json(statuses))
     else:
@@ -207,24 +212,30 @@ def status(socket_path: SocketOption = None, as_json: JsonOption = False) -> Non
 
 @app.command()
 def restart(
-    role: Annotated[str, typer.Argument(help="embed, chat, rerank, vision, or all")],
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until ready.")] = True,
+    role: Annotated[str, typer.Argument(help="A configured role (embed, chat, ...) or all.")],
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until the roles are back.")
+    ] = True,
     socket_path: SocketOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Gracefully restart a role (drain its calls, stop, start); clears a failed state."""
-    from lilbee_workers.errors import WorkerError
+    """Gracefully restart a role, or all; clears a failed state.
 
-    try:
-        statuses = _client(socket_path).restart(role, wait=wait)
-    except WorkerError as exc:
-        _fail(exc)
+    Drains the role's calls, stops its worker and starts a fresh one. With --wait
+    (default): prints each role's new pid, or why it did not come back, and exits 3 if
+    some role is not ready. With --no-wait: prints that the restart was requested
+    (`status` shows progress); --json then shows the states from before it.
+    """
+    from lilbee_workers.output import restart_lines, statuses_json
+
+    with _daemon(socket_path, config, as_json) as client:
+        statuses = client.restart(role, wait=wait)
     if as_json:
-        print(statuses_json(statuses))
+        print(statuses_json(statuses, waited=wait))
     else:
-        for s in statuses:
-            print(f"{s.role}: {s.state} (pid {s.pid or '-'})")
-    if wait and any(s.state != "ready" for s in statuses):
+        print("\n".join(restart_lines(statuses, waited=wait)))
+    if wait and any(s.state not in ("ready", "busy") for s in statuses):
         raise typer.Exit(EXIT_NOT_READY)
 
 
@@ -232,37 +243,21 @@ def restart(
 def embed(
     texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
     socket_path: SocketOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Embed texts through the daemon; prints each vector's size and first values."""
-    from lilbee_workers.errors import WorkerError
+    """Embed texts through the daemon.
 
-    try:
-        vectors = _client(socket_path).embed(texts)
-    except WorkerError as exc:
-        _fail(exc)
+    Prints each vector's size and first values (--json: all of them).
+    """
+    with _daemon(socket_path, config, as_json) as client:
+        vectors = client.embed(texts)
     if as_json:
         print(json.dumps({"dim": int(vectors.shape[1]), "vectors": vectors.tolist()}))
         return
     for text, vector in zip(texts, vectors, strict=True):
         head = ", ".join(f"{v:.4f}" for v in vector[:4])
         print(f"{text[:40]!r}: dim {vector.shape[0]} [{head}, ...]")
-
-
-def _stream(stream: ChatStream, as_json: bool) -> None:
-    from lilbee_workers.errors import WorkerError
-
-    try:
-        if as_json:
-            result = stream.collect()
-            print(json.dumps(msgspec.to_builtins(result)))
-            return
-        for chunk in stream:
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-        print()
-    except WorkerError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -272,18 +267,18 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.8,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     socket_path: SocketOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Chat through the daemon; the reply streams to the terminal."""
-    from lilbee_workers.errors import WorkerError
+    """Chat through the daemon; the reply streams to the terminal.
 
-    try:
-        stream = _client(socket_path).chat(
-            prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
-        )
-    except WorkerError as exc:
-        _fail(exc)
-    _stream(stream, as_json)
+    --json prints {text, finish_reason, prompt_tokens, completion_tokens} at the end.
+    """
+    from lilbee_workers.output import print_stream
+
+    with _daemon(socket_path, config, as_json) as client:
+        stream = client.chat(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        print_stream(stream, as_json)
 
 
 @app.command()
@@ -292,15 +287,14 @@ def rerank(
     documents: Annotated[list[str], typer.Argument(help="Documents to score.")],
     top_n: Annotated[int | None, typer.Option(help="Keep the best N.")] = None,
     socket_path: SocketOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score documents against a query through the daemon, best first."""
-    from lilbee_workers.errors import WorkerError
+    import msgspec
 
-    try:
-        items = _client(socket_path).rerank(query, documents, top_n=top_n)
-    except WorkerError as exc:
-        _fail(exc)
+    with _daemon(socket_path, config, as_json) as client:
+        items = client.rerank(query, documents, top_n=top_n)
     if as_json:
         print(json.dumps(msgspec.to_builtins(items)))
         return
@@ -314,16 +308,38 @@ def vision(
     prompt: Annotated[str | None, typer.Argument(help="What to ask about it.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     socket_path: SocketOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Describe an image through the daemon; the reply streams to the terminal."""
-    from lilbee_workers.errors import WorkerError
+    """Describe an image through the daemon (the reply streams).
 
-    try:
-        stream = _client(socket_path).vision(image.read_bytes(), prompt, max_tokens=max_tokens)
-    except WorkerError as exc:
-        _fail(exc)
-    _stream(stream, as_json)
+    --json prints {text, finish_reason, prompt_tokens, completion_tokens} at the end.
+    """
+    from lilbee_workers.output import print_stream
+
+    with _daemon(socket_path, config, as_json) as client:
+        stream = client.vision(image.read_bytes(), prompt, max_tokens=max_tokens)
+        print_stream(stream, as_json)
+
+
+@app.command()
+def doctor(
+    config: ConfigOption = None, socket_path: SocketOption = None, as_json: JsonOption = False
+) -> None:
+    """Check config, models, directories and daemon; say what to fix.
+
+    Checks the config, each model file (a GGUF of the right kind for its role), the
+    log and socket directories, and the daemon. Exit 0 when nothing is wrong (warnings
+    allowed), 1 when a problem is found.
+
+    Without --config: the default config (embed + chat on the bundled gemma 3 270M).
+    """
+    from lilbee_workers.doctor import check_config, report_json, report_text
+
+    findings = check_config(config, socket_path)
+    print(report_json(findings) if as_json else report_text(findings))
+    if any(f.level == "error" for f in findings):
+        raise typer.Exit(EXIT_ERROR)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import warnings
@@ -227,6 +228,25 @@ def default_socket_path() -> str:
     return os.path.join(runtime, "lilbee-workers.sock")
 
 
+def socket_path_for(
+    explicit: str | os.PathLike[str] | None,
+    config: SupervisorConfig | None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> tuple[Path, str]:
+    """The daemon socket a client uses, and where that path came from: ``explicit``
+    (``--socket``; the CLI fills it from ``$LILBEE_WORKERS_SOCKET`` too), else the
+    config's ``socket``, else ``default_socket_path()``."""
+    if explicit is not None:
+        from_env = os.environ.get("LILBEE_WORKERS_SOCKET")
+        named = from_env and Path(from_env) == Path(explicit)
+        return Path(explicit), "LILBEE_WORKERS_SOCKET" if named else "--socket"
+    if config is not None and config.socket:
+        return config.resolved_socket(), f"`socket` in {config_path or 'the config'}"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(default_socket_path()), "the default, $XDG_RUNTIME_DIR/lilbee-workers.sock"
+    return Path(default_socket_path()), "the default, as XDG_RUNTIME_DIR is unset"
+
+
 def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
     """Read and validate a TOML config file; errors name the bad key."""
     try:
@@ -257,22 +277,25 @@ def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfi
                 try:
                     roles[name] = msgspec.convert(table, RoleConfig)
                 except msgspec.ValidationError as exc:
-                    raise ConfigError(f"roles.{name}.{_readable(str(exc))}") from None
+                    raise ConfigError(f"roles.{name}.{_readable(str(exc), RoleConfig)}") from None
         config = msgspec.convert(raw, SupervisorConfig)
         return config.validate()
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+        raise ConfigError(f"{source}: {_readable(str(exc), SupervisorConfig)}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _readable(message: str) -> str:
-    """msgspec's "Expected `int`, got `str` - at `$.n_ctx`" as "n_ctx: Expected ..."."""
+def _readable(message: str, struct: type[msgspec.Struct]) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.n_ctx`" as "n_ctx: Expected ...";
+    an unknown key of ``struct`` with the nearest known key as a suggestion."""
     if " - at `$" in message:
         text, where = message.rsplit(" - at `$", 1)
         return f"{where.rstrip('`').lstrip('.')}: {text}"
     if message.startswith("Object contains unknown field "):
-        return f"{message.removeprefix('Object contains unknown field ').strip('`')}: unknown key"
+        key = message.removeprefix("Object contains unknown field ").strip("`")
+        near = difflib.get_close_matches(key, struct.__struct_fields__, n=1, cutoff=0.6)
+        return f"{key}: unknown key" + (f" (did you mean `{near[0]}`?)" if near else "")
     return message
 
 

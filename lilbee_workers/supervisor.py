@@ -146,7 +146,10 @@ class Supervisor(WorkerAPI):
         roles = list(self._dispatchers) if role == "all" else [role]
         for name in roles:
             if name not in self._dispatchers:
-                raise InvalidRequest(f"no role {name!r} to restart")
+                raise InvalidRequest(
+                    f"no role {name!r} to restart (configured: {', '.join(self._dispatchers)},"
+                    " or all)"
+                )
         done = [self._dispatchers[name].restart() for name in roles]
         if wait:
             for event in done:
