@@ -5,7 +5,6 @@ to stdout as ``{"error": {"kind": ..., "message": ...}}``, with the same exit co
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,42 +42,21 @@ def demo(
         Path | None, typer.Option(help="TOML config; default: embed + chat on gemma 3 270M")
     ] = None,
 ) -> None:
-    """Try it in-process: embed, stream a chat reply, show status.
+    """Try it in-process: embed, stream a completion, show status.
 
-    Runs a supervisor in this process (no daemon): embeds a few texts, streams a chat
-    reply and prints each role's status.
+    Runs a supervisor in this process (no daemon): embeds a few texts, streams the
+    continuation of a prompt (the bundled model is a base model: see `complete`) and
+    prints each role's status.
     """
     from lilbee_workers.config import default_config
+    from lilbee_workers.demo import run_demo
     from lilbee_workers.errors import ConfigError
-    from lilbee_workers.output import status_table
-    from lilbee_workers.supervisor import Supervisor
 
     try:
         settings = _settings(config) or default_config()
     except ConfigError as exc:
         _fail(exc)
-    out = Console()
-    with Supervisor(settings) as sup:
-        texts = ["Bees make honey.", "Honey is sweet.", "Rust is a systems language."]
-        vectors = sup.embed(texts)
-        out.print(f"[bold]embed[/]: {len(texts)} texts -> vectors of shape {vectors.shape}")
-        similarity = vectors @ vectors.T
-        out.print(
-            f"  cosine(bees, honey) = {similarity[0, 1]:.3f}, "
-            f"cosine(bees, rust) = {similarity[0, 2]:.3f}"
-        )
-        out.print("[bold]chat[/]: ", end="")
-        stream = sup.chat("Bees are", max_tokens=40, temperature=0.7, seed=42)
-        for chunk in stream:
-            out.print(chunk, end="", markup=False, highlight=False)
-            sys.stdout.flush()
-        result = stream.result
-        assert result is not None
-        out.print(
-            f"\n  finish={result.finish_reason} prompt_tokens={result.prompt_tokens} "
-            f"completion_tokens={result.completion_tokens}"
-        )
-        out.print(status_table(sup.status()))
+    run_demo(settings, Console())
 
 
 ConfigOption = Annotated[
@@ -278,6 +256,32 @@ def chat(
 
     with _daemon(socket_path, config, as_json) as client:
         stream = client.chat(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        print_stream(stream, as_json)
+
+
+@app.command()
+def complete(
+    prompt: Annotated[str, typer.Argument(help="Text for the model to continue.")],
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.8,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
+    socket_path: SocketOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Continue a raw prompt through the daemon (chat role, no chat template).
+
+    What base models are for: `chat` wraps messages in a template such models were
+    never trained on. --json prints {text, finish_reason, prompt_tokens,
+    completion_tokens} at the end.
+    """
+    from lilbee_workers.output import print_stream
+
+    with _daemon(socket_path, config, as_json) as client:
+        stream = client.complete(
+            prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ()
+        )
         print_stream(stream, as_json)
 
 

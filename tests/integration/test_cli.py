@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -244,3 +245,27 @@ def test_failed_restart_prints_the_reason_and_errors_name_no_missing_log(
     assert result.exit_code == 3
     role = json.loads(result.stdout)["roles"][0]
     assert role["state"] == "failed" and "model file not found" in role["last_exit"]
+
+
+def test_complete_through_the_daemon_continues_the_prompt(daemon: DaemonProcess) -> None:
+    result = run_cli(
+        "complete", "Q: What colour is the sky?\nA:", "--max-tokens", "8",
+        "--temperature", "0", "--json", "--socket", str(daemon.socket),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert "blue" in document["text"].lower()  # what gemma 270M answers, not babble
+
+
+def test_demo_shows_a_sensible_completion(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    env.pop("LILBEE_WORKERS_SOCKET", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lilbee_workers.cli", "demo"],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    completion = result.stdout.split("complete: Honey is made by", 1)[1].splitlines()[0]
+    assert "bees" in completion.lower(), result.stdout
+    similar, different = (float(x) for x in re.findall(r"= (-?[\d.]+)", result.stdout)[:2])
+    assert similar > different  # bees~honey closer than bees~rust

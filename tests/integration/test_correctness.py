@@ -69,24 +69,26 @@ def test_chat_answer_does_not_depend_on_what_the_worker_served_before(
 
 
 def test_embed_batch_spanning_several_decodes_equals_direct_llama_embed(
-    sup: Supervisor, model_path: str
+    make_config: Callable[..., SupervisorConfig], model_path: str
 ) -> None:
     from llama_cpp import Llama
 
-    texts = [f"{i}: " + " ".join(["bees make honey from nectar"] * (4 + i % 7)) for i in range(64)]
-    got = sup.embed(texts)
+    # A small context, so a modest batch (cheap on a busy machine) spans several decodes.
+    texts = [f"{i}: " + " ".join(["bees make honey from nectar"] * (2 + i % 5)) for i in range(24)]
+    with Supervisor(make_config({"embed": {"n_ctx": 256}})) as small:
+        got = small.embed(texts)
     llm = Llama(
         model_path=model_path,
         embedding=True,
         pooling_type=1,  # mean, what the worker resolves for gemma (no pooling in its metadata)
-        n_ctx=1024,
-        n_batch=1024,
-        n_ubatch=1024,
+        n_ctx=256,
+        n_batch=256,
+        n_ubatch=256,
         verbose=False,
     )
     try:
         tokens = sum(len(llm.tokenize(t.encode())) for t in texts)
-        assert tokens > 2 * 1024, "the batch must span several llama_decode calls"
+        assert tokens > 2 * 256, "the batch must span several llama_decode calls"
         reference = np.asarray(llm.embed(texts, normalize=True), dtype=np.float32)
         alone = np.asarray(llm.embed([texts[5]], normalize=True), dtype=np.float32)
     finally:
