@@ -117,12 +117,14 @@ class RerankHandler(RoleHandler):
             eos = llama_cpp.llama_vocab_sep(self.vocab)
         head = ([bos] if bos >= 0 else []) + query + [eos]
         doc = self.llm.tokenize(document.encode("utf-8"), add_bos=False, special=False)
-        room = self.llm.n_ctx() - len(head) - 1
+        # The batch holds config.n_ctx tokens (llama.cpp may round its own n_ctx up).
+        window = min(self.config.n_ctx, self.llm.n_ctx())
+        room = window - len(head) - 1
         if len(doc) > room:
             if not truncate or room <= 0:
                 raise InvalidRequest(
                     f"document {index} with the query is {len(head) + len(doc) + 1} tokens, "
-                    f"over the context of {self.llm.n_ctx()} (ask for truncate=True to cut it)"
+                    f"over the context of {window} (ask for truncate=True to cut it)"
                 )
             doc = doc[:room]
         return [*head, *doc, eos]

@@ -309,3 +309,23 @@ def test_non_finite_logits_are_a_model_error(yes: float, no: float) -> None:
 def test_p_yes_is_the_two_way_softmax_even_for_huge_logits() -> None:
     assert p_yes(2.0, 1.0) == pytest.approx(math.exp(2) / (math.exp(2) + math.exp(1)))
     assert p_yes(1000.0, 0.0) == 1.0 and p_yes(0.0, 1000.0) == 0.0  # no overflow
+
+
+def test_truncation_fits_the_configured_context_not_llama_cpps_rounded_one(
+    make_config: Callable[..., SupervisorConfig], tiny_reranker: str
+) -> None:
+    """Found by the hostile-input property test: with n_ctx 128, llama.cpp rounds its own
+    context up (256), and a pair truncated to that overflowed the 128-token batch
+    (``NULL pointer access`` → ModelError)."""
+    config = make_config({"rerank": {"model": tiny_reranker, "n_ctx": 128}})
+    long_document = "bee " * 1000
+    with Supervisor(config) as sup:
+        pid = sup.worker_pid("rerank")
+        [item] = sup.rerank("", [long_document], truncate=True)
+        assert math.isfinite(item.score)
+        with pytest.raises(InvalidRequest, match="over the context of 128"):
+            sup.rerank("", [long_document])
+        assert sup.worker_pid("rerank") == pid
+        # The truncated document scores as its first 125 tokens do (head 2 + doc + eos).
+        [same] = sup.rerank("", ["bee " * 125])
+        assert abs(same.score - item.score) < 1e-4
