@@ -26,7 +26,11 @@ FRAME_TYPES = AnyFrame.__args__  # type: ignore[attr-defined]
     deadline=None,
     # Nested frames (a status reply of role statuses with histograms) are slow to draw
     # on a busy machine; that is not what this test is about.
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,  # many drawn ints are beyond 64 bits: assumed away
+    ],
 )
 @given(data=st.data())
 def test_every_frame_type_round_trips(frame_type: type[Frame], data: st.DataObject) -> None:
