@@ -17,7 +17,7 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ProtocolError
 from lilbee_workers.parent.calls import Attempted
-from lilbee_workers.parent.process import WorkerProcess
+from lilbee_workers.parent.handle import WorkerHandle
 from lilbee_workers.transport.frames import FINAL_REPLIES, AnyFrame, ChatChunk, ErrorFrame
 
 log = structlog.get_logger("lilbee_workers.attempt")
@@ -54,7 +54,7 @@ class Lost:
 Outcome = Answered | Lost
 
 
-def run_attempt(worker: WorkerProcess, call: Attempted, config: RoleConfig) -> Outcome:
+def run_attempt(worker: WorkerHandle, call: Attempted, config: RoleConfig) -> Outcome:
     """Run ``call`` once on ``worker`` until its final frame, a failure, or a deadline."""
     attempt_id = next(_attempt_ids)
     request = msgspec.structs.replace(call.request, id=attempt_id)

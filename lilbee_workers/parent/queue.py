@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import Overloaded, WorkerError, WorkerUnavailable
 from lilbee_workers.parent.calls import Call
-from lilbee_workers.parent.process import WorkerProcess
+from lilbee_workers.parent.handle import WorkerHandle
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Close:
 class WorkerExited:
     """A worker's process ended (seen by its health monitor)."""
 
-    worker: WorkerProcess
+    worker: WorkerHandle
 
 
 Control = Restart | Respawn | Close | WorkerExited

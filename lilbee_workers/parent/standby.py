@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import structlog
 
+from lilbee_workers.parent.handle import WorkerHandle
 from lilbee_workers.parent.policy import StartFailed
-from lilbee_workers.parent.process import WorkerProcess
 
 log = structlog.get_logger("lilbee_workers.standby")
 
@@ -30,7 +30,7 @@ class Standby:
     def __init__(
         self,
         role: str,
-        start_spare: Callable[[], WorkerProcess],
+        start_spare: Callable[[], WorkerHandle],
         closing: Callable[[], bool],
         grace_s: float,
         busy: Callable[[], bool] = lambda: False,
@@ -41,7 +41,7 @@ class Standby:
         self._busy = busy
         self._grace_s = grace_s
         self._lock = threading.Lock()
-        self._spare: WorkerProcess | None = None
+        self._spare: WorkerHandle | None = None
         self._wanted = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"standby-{role}", daemon=True)
 
@@ -49,7 +49,7 @@ class Standby:
         self._wanted.set()
         self._thread.start()
 
-    def take(self) -> WorkerProcess | None:
+    def take(self) -> WorkerHandle | None:
         """The loaded spare, if one is alive (a new one starts loading at once)."""
         with self._lock:
             spare, self._spare = self._spare, None

@@ -1,0 +1,70 @@
+"""What the supervisor needs of one worker, as a protocol.
+
+``WorkerProcess`` is the real thing; the unit tests drive the dispatcher with a fake
+that speaks the same frames over socket pairs, so the recovery rules can be checked
+without a model or a subprocess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.frames import DataReply, HealthReport, Ready
+
+
+class WorkerHandle(Protocol):
+    """One worker generation: started once, used by the holder of its role, stopped once."""
+
+    role: str
+    generation: int
+    model_path: str
+    ready: Ready | None
+    data: PipeChannel[DataReply]
+    health: PipeChannel[HealthReport]
+
+    @property
+    def pid(self) -> int: ...
+
+    def start(self, abandon: Callable[[], bool] = ...) -> Ready:
+        """Start and wait for READY; ``StartFailed`` if it never comes."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def monitoring(self) -> bool:
+        """Whether its health watch still runs."""
+        ...
+
+    def wait_data(self, timeout: float) -> tuple[bool, bool]:
+        """(data pipe readable, process gone) within ``timeout`` s."""
+        ...
+
+    def vitals(self) -> dict[str, Any]: ...
+
+    def log_tail(self, lines: int = 20) -> str: ...
+
+    def exit_description(self) -> str: ...
+
+    def kill(self, reason: str) -> None: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    def stop(self, grace_s: float) -> None: ...
+
+    def close_data(self) -> None: ...
+
+
+class WorkerFactory(Protocol):
+    """Makes a worker for a role (not started yet), with the role's current config."""
+
+    def __call__(
+        self,
+        config: RoleConfig,
+        model_path: str,
+        generation: int,
+        on_exit: Callable[[WorkerHandle], None],
+        warm_up: bool,
+    ) -> WorkerHandle: ...

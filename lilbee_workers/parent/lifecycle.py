@@ -1,0 +1,221 @@
+"""One role's worker lifecycle: bring a worker up (with backoff, or from the standby),
+retire one that failed, restart gracefully, fail the role when the circuit opens.
+
+Owned by its dispatcher, and mutated only by the thread that holds the role (see
+``queue``): the dispatcher thread for starts and restarts, a caller's thread for the
+call it runs. Other threads only read snapshots (``status``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import structlog
+
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import ConfigError, WorkerUnavailable
+from lilbee_workers.parent import policy
+from lilbee_workers.parent.attempt import Lost
+from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
+from lilbee_workers.parent.policy import RestartPolicy, StartFailed
+from lilbee_workers.parent.queue import Restart, RoleQueue, WorkerExited
+from lilbee_workers.parent.standby import Standby
+from lilbee_workers.parent.stats import RoleStats
+from lilbee_workers.types import RoleState
+
+log = structlog.get_logger("lilbee_workers.lifecycle")
+
+
+class RoleLifecycle:
+    """The role's current worker, its state, and how workers come and go."""
+
+    def __init__(
+        self,
+        role: str,
+        config: RoleConfig,
+        log_path: Path,
+        queue: RoleQueue,
+        stats: RoleStats,
+        new_worker: WorkerFactory,
+    ) -> None:
+        self.role = role
+        self.config = config
+        self.log_path = log_path
+        self.queue = queue
+        self.stats = stats
+        self._new_worker = new_worker
+        self.policy = RestartPolicy(config)
+        self.state = RoleState.STOPPED
+        self.worker: WorkerHandle | None = None
+        self.generation = 0
+        self._generations = itertools.count(1)
+        self.standby: Standby | None = None
+        self.model_path = ""
+        self.failed_reason = ""
+        self.failed_log_tail = ""
+        self.last_exit = ""
+
+    def start_standby(self) -> None:
+        """Keep a loaded spare beside the worker (``standby = true``)."""
+        self.standby = Standby(
+            self.role,
+            self._start_spare,
+            lambda: self.queue.closing,
+            self.config.cancel_grace_s,
+            busy=lambda: self.queue.counts() != (0, 0),
+        )
+        self.standby.start()
+
+    def has_live_worker(self) -> bool:
+        worker = self.worker
+        return worker is not None and self.state == RoleState.READY and worker.alive()
+
+    def unavailable(self) -> WorkerUnavailable:
+        """The error for calls while the role is failed (with the log's tail)."""
+        return policy.unavailable_error(
+            self.role,
+            self.failed_reason,
+            max(0.0, self.policy.failed_until - time.monotonic()),
+            str(self.log_path),
+            self.failed_log_tail,
+        )
+
+    # ------------------------------------------------------------------ bring up
+
+    def start_worker(self, after_crash: bool) -> bool:
+        """Bring a fresh worker up (with backoff); False when the role is failed."""
+        if self.queue.closing:
+            return False
+        old = self.worker
+        if old is not None and old.alive():  # never two workers for one role
+            old.kill("replaced by a fresh worker")
+            old.join(5)
+            old.close_data()
+        if after_crash:
+            if self.policy.circuit_open():
+                self.fail(
+                    f"crashed {self.policy.recent_crashes()} times within "
+                    f"{self.config.restart_window_s:g}s; last: {self.last_exit}",
+                    "",
+                )
+                return False
+            spare = self.standby.take() if self.standby is not None else None
+            if spare is not None:  # hot standby: no load to wait for
+                self.worker, self.generation = spare, spare.generation
+                self.state = RoleState.READY
+                return True
+            self.state = RoleState.RESTARTING
+            self.queue.sleep(self.policy.restart_delay())
+        else:
+            self.state = RoleState.STARTING
+        return self._bring_up()
+
+    def _bring_up(self) -> bool:
+        try:
+            self.worker = self.policy.bring_up(self._spawn_once, sleep=self.queue.sleep)
+        except StartFailed as exc:
+            if not self.queue.closing:
+                self.fail(exc.message, exc.log_tail)
+            return False
+        except ConfigError as exc:
+            self.fail(str(exc), "")
+            return False
+        except Exception as exc:  # EMFILE, ENOMEM, a log dir gone: say so, do not die
+            log.exception("worker start failed", role=self.role)
+            self.fail(f"could not start a worker: {type(exc).__name__}: {exc}", "")
+            return False
+        self.state = RoleState.READY
+        self.failed_reason = ""
+        return True
+
+    def _spawn_once(self) -> WorkerHandle:
+        if self.queue.closing:
+            raise StartFailed(f"{self.role} is shutting down", crashed=False)
+        worker = self._make_worker(warm_up=False)
+        self.model_path, self.generation = worker.model_path, worker.generation
+        try:
+            worker.start(abandon=lambda: self.queue.closing)
+        except StartFailed as exc:
+            self.last_exit = exc.message
+            log.error("worker failed to start", role=self.role, reason=exc.message)
+            raise
+        return worker
+
+    def _start_spare(self) -> WorkerHandle:
+        """A standby worker, loaded and warmed (on the standby thread)."""
+        spare = self._make_worker(warm_up=True)
+        spare.start(abandon=lambda: self.queue.closing)
+        return spare
+
+    def _make_worker(self, warm_up: bool) -> WorkerHandle:
+        """A worker for this role, not started yet; ``StartFailed`` if its model is missing."""
+        model_path = self.config.resolved_model()
+        if not Path(model_path).is_file():
+            raise StartFailed(f"model file not found: {model_path}", crashed=False)
+
+        def on_exit(gone: WorkerHandle) -> None:
+            self.queue.post(WorkerExited(gone))
+
+        return self._new_worker(self.config, model_path, next(self._generations), on_exit, warm_up)
+
+    # ------------------------------------------------------------------ go away
+
+    def retire(self, worker: WorkerHandle, lost: Lost) -> str:
+        """Finish off a worker that failed under a call (killing it if it still runs),
+        count it, and return why it is gone."""
+        if lost.kill is not None:
+            worker.kill(lost.kill)
+        worker.join(5)
+        worker.close_data()
+        reason = worker.exit_description()
+        self.stats.restarted()
+        if lost.crashed:
+            self.policy.record_crash()
+        self.last_exit = reason
+        self.state = RoleState.CRASHED
+        log.warning("worker lost", role=self.role, reason=reason)
+        return reason
+
+    def on_idle_exit(self, worker: WorkerHandle) -> None:
+        """A worker died between calls: restart it now, so no caller pays for it."""
+        if worker is not self.worker or self.queue.closing or not self.state.serving:
+            return
+        self.retire(worker, Lost("died while idle"))
+        self.start_worker(after_crash=True)
+
+    def graceful_restart(self, control: Restart) -> None:
+        """Drain, stop the worker (and the spare), start anew, maybe with a new config."""
+        if control.config is not None:
+            self.config = control.config
+            self.policy = RestartPolicy(control.config)
+            self.queue.size = control.config.queue_size
+        else:
+            self.policy.reset()
+        self.state = RoleState.DRAINING
+        if self.worker is not None:
+            self.worker.stop(self.config.cancel_grace_s)
+        spare = self.standby.take() if self.standby is not None else None
+        if spare is not None:  # loaded with the old settings: the standby loads anew
+            spare.stop(self.config.cancel_grace_s)
+        self.start_worker(after_crash=False)
+
+    def fail(self, reason: str, log_tail: str) -> None:
+        """The role is failed: open the circuit and answer every queued call."""
+        self.state = RoleState.FAILED
+        self.failed_reason = reason
+        self.failed_log_tail = log_tail
+        self.policy.open_circuit()
+        log.error("role failed", role=self.role, reason=reason)
+        for call in self.queue.take_calls():
+            self.stats.failed()
+            call.fail(self.unavailable())
+
+    def shut_down(self) -> None:
+        """Stop the worker and the spare; the role is stopped."""
+        if self.worker is not None:
+            self.worker.stop(self.config.cancel_grace_s)
+        if self.standby is not None:
+            self.standby.close()
+        self.state = RoleState.STOPPED

@@ -1,0 +1,167 @@
+"""The dispatcher's recovery rules against a fake worker (tests/unit/fake_worker.py):
+retry once on a fresh worker, a typed error on the second loss, kill a hung worker at
+its deadline, never retry a stream the caller already saw, fail the role when workers
+keep dying, replace a worker that dies between calls. No model, no subprocess."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fake_worker import Script
+
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import InvalidRequest, WorkerCrashed, WorkerUnavailable
+from lilbee_workers.parent.dispatcher import RoleDispatcher
+from lilbee_workers.transport.frames import ChatChunk, ChatRequest, EmbedRequest
+from lilbee_workers.types import ChatMessage, RoleState
+
+EMBED = EmbedRequest(id=7, texts=["x"])
+CHAT = ChatRequest(id=7, messages=[ChatMessage(role="user", content="hi")])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def start_role(tmp_path: Path) -> Iterator[Callable[..., RoleDispatcher]]:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    started: list[RoleDispatcher] = []
+
+    def start(script: Script, **settings: float) -> RoleDispatcher:
+        config = RoleConfig(
+            model=str(model),
+            restart_backoff_s=0.01,
+            restart_backoff_max_s=0.02,
+            **settings,  # type: ignore[arg-type]
+        )
+        dispatcher = RoleDispatcher(
+            script.role, config, tmp_path, 1 << 20, new_worker=script.factory
+        )
+        dispatcher.start()
+        assert dispatcher.started.wait(10)
+        started.append(dispatcher)
+        return dispatcher
+
+    yield start
+    for dispatcher in started:
+        dispatcher.close()
+        assert dispatcher.join(10)
+
+
+def test_a_call_is_answered_by_the_first_worker_under_the_callers_id(start_role) -> None:
+    script = Script()
+    role = start_role(script)
+    reply = role.submit(EMBED).next_frame(5)
+    assert reply.id == 7  # the attempt's own id on the pipe, the caller's id back
+    assert script.workers[0].requests[0].id != 7
+    assert role.status().restarts == 0 and role.generation == 1
+
+
+def test_a_crash_under_a_call_is_retried_once_on_a_fresh_worker(start_role) -> None:
+    script = Script(on_request={1: ["crash"]})
+    role = start_role(script)
+    reply = role.submit(EMBED).next_frame(5)
+    assert reply.id == 7
+    assert [len(w.requests) for w in script.workers] == [1, 1]  # same request, new worker
+    assert script.workers[1].requests[0].texts == ["x"]
+    status = role.status()
+    assert status.restarts == 1 and status.generation == 2 and status.state == "ready"
+
+
+def test_a_second_loss_is_a_typed_error_naming_the_log(start_role) -> None:
+    script = Script(on_request={1: ["crash"], 2: ["crash"]})
+    role = start_role(script)
+    with pytest.raises(WorkerCrashed) as caught:
+        role.submit(EMBED).next_frame(5)
+    assert "2 times" in caught.value.message and caught.value.log_path.endswith("embed.log")
+    assert "fake log of generation 2" in str(caught.value)  # the log's tail, for the reader
+    wait_for(lambda: role.state == RoleState.READY)  # and the role serves again
+    assert role.submit(EMBED).next_frame(5).id == 7
+    assert role.generation == 3
+
+
+def test_a_hung_worker_is_killed_at_its_deadline_and_the_call_retried(start_role) -> None:
+    script = Script(on_request={1: ["hang"]})
+    role = start_role(script, kill_after_s=0.3)
+    reply = role.submit(EMBED).next_frame(10)
+    assert reply.id == 7
+    hung = script.workers[0]
+    assert hung.kill_reason is not None and "kill_after_s" in hung.kill_reason
+    assert role.status().restarts == 1
+
+
+def test_a_stream_the_caller_saw_part_of_is_not_retried(start_role) -> None:
+    script = Script(role="chat", on_request={1: ["chunk_then_crash"]})
+    role = start_role(script)
+    call = role.submit(CHAT)
+    first = call.next_frame(5)
+    assert isinstance(first, ChatChunk) and first.text == "par"
+    with pytest.raises(WorkerCrashed) as caught:
+        call.next_frame(5)
+    assert "after 1 chunk(s) had been delivered" in caught.value.message
+    assert len(script.workers[0].requests) == 1
+    wait_for(lambda: len(script.workers) == 2 and role.state == RoleState.READY)
+    assert script.workers[1].requests == []  # nothing was replayed
+
+
+def test_an_error_answer_is_passed_on_not_retried(start_role) -> None:
+    script = Script(on_request={1: ["error"]})
+    role = start_role(script)
+    with pytest.raises(InvalidRequest, match="bad input"):
+        role.submit(EMBED).next_frame(5)
+    assert len(script.workers) == 1 and role.status().restarts == 0
+
+
+def test_workers_that_keep_dying_fail_the_role_and_calls_are_refused(start_role) -> None:
+    script = Script(on_request={g: ["crash"] for g in range(1, 10)})
+    role = start_role(script, max_restarts=2, failed_cooldown_s=60)
+    with pytest.raises(WorkerCrashed):
+        role.submit(EMBED).next_frame(5)  # two workers lost under it
+    with pytest.raises(WorkerUnavailable, match="crashed 3 times within 60s"):
+        role.submit(EMBED).next_frame(5)  # the third loss opens the circuit
+    assert role.state == RoleState.FAILED
+    spawned = len(script.workers)
+    with pytest.raises(WorkerUnavailable, match="crashed .* times"):
+        role.submit(EMBED).next_frame(5)
+    assert len(script.workers) == spawned  # refused without another try
+
+
+def test_a_role_whose_model_never_loads_fails_with_the_reason(start_role) -> None:
+    script = Script(fail_every_start=True)
+    role = start_role(script, max_restarts=1)
+    assert role.state == RoleState.FAILED
+    with pytest.raises(WorkerUnavailable, match="failed to load"):
+        role.submit(EMBED).next_frame(5)
+
+
+def test_a_worker_dying_between_calls_is_replaced_before_the_next_call(start_role) -> None:
+    script = Script()
+    role = start_role(script)
+    role.submit(EMBED).next_frame(5)
+    script.workers[0].crash_now()
+    wait_for(lambda: role.generation == 2 and role.state == RoleState.READY)
+    assert role.submit(EMBED).next_frame(5).id == 7
+    assert script.workers[0].requests and len(script.workers[1].requests) == 1
+
+
+def test_close_answers_queued_calls_and_stops_the_worker(start_role) -> None:
+    script = Script(role="chat", on_request={1: ["hang"]})
+    role = start_role(script, kill_after_s=30, cancel_grace_s=0.2)
+    running = role.submit(CHAT)
+    wait_for(lambda: len(script.workers[0].requests) == 1)
+    queued = role.submit(CHAT)
+    role.close()
+    with pytest.raises(WorkerUnavailable, match="shutting down"):
+        queued.next_frame(5)
+    running.cancel()
+    assert role.join(10)
+    assert not script.workers[0].alive()
