@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from lilbee_workers import testing
 from lilbee_workers.supervisor import Supervisor
 
 
@@ -73,12 +74,12 @@ def noop_ratios(sup: Supervisor, pings: int, rounds: int) -> tuple[float, float,
     try:
         for _ in range(300):  # warm both paths
             raw.ping()
-            sup.noop("embed")
+            testing.noop(sup, "embed")
         block = max(1, pings // rounds)
         raws, sups, ratios = [], [], []
         for _ in range(rounds):
             raw_s = median_round_trip(raw.ping, block)
-            sup_s = median_round_trip(lambda: sup.noop("embed"), block)
+            sup_s = median_round_trip(lambda: testing.noop(sup, "embed"), block)
             raws.append(raw_s)
             sups.append(sup_s)
             ratios.append(sup_s / raw_s)

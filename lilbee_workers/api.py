@@ -22,8 +22,6 @@ from lilbee_workers.transport.frames import (
     CompleteRequest,
     EmbedRequest,
     EmbedResult,
-    NoopRequest,
-    NoopResult,
     Request,
     RerankRequest,
     RerankResult,
@@ -258,12 +256,6 @@ class WorkerAPI(ABC):
             seed=_optional_int(seed, "seed"),
         )
         return ChatStream(self._open("vision", request, timeout), timeout)
-
-    def noop(self, role: str, timeout: float | None = None) -> None:
-        """A round trip through a role's worker that does no work (for benchmarks)."""
-        frame = self._final(role, NoopRequest(id=0, role=role), timeout)
-        if not isinstance(frame, NoopResult):
-            raise ProtocolError(f"expected a noop result, got {type(frame).__name__}")
 
 
 def vectors_of(frame: EmbedResult) -> npt.NDArray[np.float32]:

@@ -23,6 +23,7 @@ from lilbee_workers.errors import (
     WorkerError,
     WorkerTimeout,
 )
+from lilbee_workers.limits import check_timeout
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
@@ -30,20 +31,22 @@ from lilbee_workers.transport.error_frames import from_frame
 from lilbee_workers.transport.frames import (
     FINAL_REPLIES,
     AnyFrame,
-    ControlRequest,
     DebugRequest,
     ErrorFrame,
     NoopRequest,
     Request,
     RestartReply,
     RestartRequest,
+    SocketCall,
     SocketReply,
+    SocketRequest,
     StatusReply,
     StatusRequest,
 )
 from lilbee_workers.types import RoleStatus
 
 _PEERCRED = struct.Struct("3i")
+_DAEMON_GRACE_S = 1.0
 DAEMON_USER_ENV = "LILBEE_WORKERS_DAEMON_USER"
 """Names a user (or uid) the client trusts to run the daemon, besides itself and root."""
 
@@ -64,7 +67,9 @@ class _SocketCall:
         if self._done:
             raise ProtocolError("the call has already ended")
         try:
-            self._channel.sock.settimeout(timeout)
+            # The daemon keeps the caller's deadline and answers WorkerTimeout itself;
+            # waiting a moment longer lets that typed answer arrive first.
+            self._channel.sock.settimeout(None if timeout is None else timeout + _DAEMON_GRACE_S)
             while True:
                 frame = self._channel.recv()
                 if getattr(frame, "id", None) in (self._id, 0):
@@ -205,7 +210,7 @@ class Client(WorkerAPI):
 
     # ------------------------------------------------------------------ API
 
-    def _send(self, request: Request | ControlRequest) -> _SocketCall:
+    def _send(self, request: SocketRequest) -> _SocketCall:
         request_id = next(self._ids)
         channel = self._connect()
         try:
@@ -226,9 +231,10 @@ class Client(WorkerAPI):
         return _SocketCall(self, channel, request_id)
 
     def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
+        check_timeout(timeout)
         if isinstance(request, (NoopRequest, DebugRequest)):
             request = msgspec.structs.replace(request, role=role)
-        return self._send(request)
+        return self._send(SocketCall(id=0, request=request, timeout_s=timeout))
 
     def status(self) -> list[RoleStatus]:
         frame = self._send(StatusRequest(id=0)).next_frame(30)

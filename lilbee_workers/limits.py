@@ -7,6 +7,8 @@ in-process calls, so both enforce the same limits. Total size is bounded separat
 
 from __future__ import annotations
 
+import math
+
 from lilbee_workers.config import SupervisorConfig
 from lilbee_workers.errors import InvalidRequest
 from lilbee_workers.transport.frames import ChatRequest, EmbedRequest, Request, RerankRequest
@@ -39,3 +41,13 @@ def _items(request: Request) -> tuple[str, int] | None:
     if isinstance(request, ChatRequest):
         return "messages", len(request.messages)
     return None
+
+
+def check_timeout(timeout: float | None) -> None:
+    """A call's ``timeout``: unset, or a finite number of seconds above zero."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidRequest(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidRequest(f"timeout must be finite and above zero, got {timeout}")

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import msgspec
 import structlog
 
 from lilbee_workers.config import SupervisorConfig
@@ -259,16 +260,20 @@ class SocketServer:
             except WorkerError as exc:
                 return self._send_quietly(channel, to_frame(exc, frame.id))
             return self._send_quietly(channel, RestartReply(id=frame.id, roles=roles))
-        return self._run_request(channel, frame)
+        request = msgspec.structs.replace(frame.request, id=frame.id)
+        return self._run_request(channel, request, frame.timeout_s)
 
-    def _run_request(self, channel: SocketChannel[SocketRequest], request: Request) -> bool:
+    def _run_request(
+        self, channel: SocketChannel[SocketRequest], request: Request, timeout: float | None
+    ) -> bool:
+        """Relay one call's replies; its deadline is the caller's ``timeout``."""
         client_id = request.id
         role = role_of(request)
         with self._lock:
             self._active += 1
         call = None
         try:
-            call = self.supervisor.submit(role, request)
+            call = self.supervisor.submit(role, request, timeout)
             while True:
                 reply = call.wait_frame(_CLIENT_CHECK_S)
                 if reply is None:  # still queued or running: is the client still there?

@@ -11,7 +11,7 @@ import structlog
 from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
-from lilbee_workers.limits import check_request
+from lilbee_workers.limits import check_request, check_timeout
 from lilbee_workers.logs import configure_logging
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
@@ -105,6 +105,7 @@ class Supervisor(WorkerAPI):
         servers that relay frames, such as the daemon). Read its replies with
         ``wait_frame``/``next_frame``; ``cancel`` it if nobody will."""
         check_request(role, request, self.config)
+        check_timeout(timeout)
         return self._dispatcher(role).submit(request, self.queue_wait_s, timeout)
 
     def _open(self, role: str, request: Request, timeout: float | None) -> CallHandle:
@@ -113,6 +114,7 @@ class Supervisor(WorkerAPI):
     def _final(self, role: str, request: Request, timeout: float | None) -> AnyFrame:
         # Non-streaming: on an idle role the pipe I/O runs in this thread.
         check_request(role, request, self.config)
+        check_timeout(timeout)
         call = self._dispatcher(role).run_now(request, self.queue_wait_s, timeout)
         return call.next_frame(timeout)
 

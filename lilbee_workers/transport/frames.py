@@ -310,6 +310,16 @@ Request = (
 ControlRequest = StatusRequest | RestartRequest
 """What only the daemon answers."""
 
+
+class SocketCall(Frame, tag="call"):
+    """Client -> daemon: a request for a role's worker, with the caller's timeout
+    (seconds; unset waits as long as the call takes). The daemon answers under ``id``."""
+
+    id: int
+    request: Request
+    timeout_s: float | None = None
+
+
 # One union per direction of each wire: a receiver decodes only what its peer may send,
 # so a frame of the wrong kind is a ``ProtocolError`` at the codec, not a later check.
 
@@ -332,18 +342,7 @@ HealthCommand = Ping | Cancel | Shutdown
 HealthReport = Pong | ShutdownAck | LogRecord
 """Worker's heartbeat thread -> supervisor."""
 
-SocketRequest = (
-    EmbedRequest
-    | EmbedBatchRequest
-    | ChatRequest
-    | CompleteRequest
-    | RerankRequest
-    | VisionRequest
-    | NoopRequest
-    | DebugRequest
-    | StatusRequest
-    | RestartRequest
-)
+SocketRequest = SocketCall | StatusRequest | RestartRequest
 """Client -> daemon."""
 
 SocketReply = (
@@ -358,7 +357,7 @@ SocketReply = (
 )
 """Daemon -> client."""
 
-AnyFrame = Request | DataReply | HealthCommand | HealthReport | ControlRequest | SocketReply
+AnyFrame = Request | DataReply | HealthCommand | HealthReport | SocketRequest | SocketReply
 """Every frame (for tools and tests that read any wire)."""
 
 ROLE_OF_REQUEST: dict[type, str] = {

@@ -96,7 +96,25 @@ wrong_typed = st.one_of(
     ),
     st.dictionaries(st.text(max_size=5), anything, max_size=4),
 )
-requests = st.one_of(well_typed, well_typed, well_typed, wrong_typed)
+timeouts = st.one_of(st.none(), weird_floats, st.integers(-2, 600), st.text(max_size=3))
+# What a client sends: a call envelope around the request, with its timeout.
+calls = st.builds(
+    lambda request, timeout, raw_id: {
+        "k": "call",
+        "id": raw_id,
+        "request": request,
+        "timeout_s": timeout,
+    },
+    st.one_of(well_typed, wrong_typed),
+    timeouts,
+    ids,
+)
+calls_with_sane_timeouts = st.builds(
+    lambda request, raw_id: {"k": "call", "id": raw_id, "request": request},
+    well_typed,
+    ids,
+)
+requests = st.one_of(calls_with_sane_timeouts, calls, wrong_typed)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +181,7 @@ def test_hostile_requests_get_typed_answers_and_nothing_dies(
     assert replies, f"no answer to {request!r}"
     final = replies[-1]
     if isinstance(final, ErrorFrame):
-        assert final.kind in ("protocol", "invalid_request", "unavailable"), final
+        assert final.kind in ("protocol", "invalid_request", "unavailable", "timeout"), final
     # The daemon and every worker are still there and still serve.
     assert daemon.proc.poll() is None
     assert daemon.wait_ready(timeout=30).status()

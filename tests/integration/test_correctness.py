@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_for_state, wait_until
-from lilbee_workers import Supervisor, SupervisorConfig, WorkerTimeout, WorkerUnavailable
+from lilbee_workers import Supervisor, SupervisorConfig, WorkerTimeout, WorkerUnavailable, testing
 from lilbee_workers.transport.frames import ChatMessage, DebugRequest, NoopRequest
 from tiny_models import write_tiny_reranker
 
@@ -239,7 +239,7 @@ def test_status_while_the_queue_churns_never_raises(sup: Supervisor) -> None:
 
 
 def test_worker_log_at_a_custom_level_does_not_stop_hang_detection(sup: Supervisor) -> None:
-    sup._final("chat", DebugRequest(id=0, action="log", level=25, count=3), None)
+    testing.debug(sup, "chat", DebugRequest(id=0, action="log", level=25, count=3))
     worker = sup._dispatcher("chat").worker  # white box: its health monitor must live
     assert worker is not None
     time.sleep(0.5)  # the records reach the monitor
@@ -361,11 +361,11 @@ def test_log_does_not_grow_per_call_and_rotates_while_running(
         for _ in range(5):
             sup.embed(["bees make honey", "honey is sweet"])
         assert log.stat().st_size == size, "calls write per-call lines to the role log"
-        sup._final("embed", DebugRequest(id=0, action="log", count=300), None)
+        testing.debug(sup, "embed", DebugRequest(id=0, action="log", count=300))
         rotated = log.with_name(log.name + ".1")
         assert "debug log line 300 of 300" in rotated.read_text()
         assert log.stat().st_size < 8192
-        sup._final("embed", DebugRequest(id=0, action="log", count=2), None)
+        testing.debug(sup, "embed", DebugRequest(id=0, action="log", count=2))
         assert "debug log line 2 of 2" in log.read_text()  # the worker writes to the new file
         assert np.abs(sup.embed(["bees make honey"]) - first).max() < 1e-6
 
@@ -380,7 +380,7 @@ def test_worker_survives_a_log_on_a_full_disk(
     with Supervisor(make_config({"embed": {}}, log_dir=str(log_dir))) as full:
         [status] = full.status()
         assert status.state == "ready", status.last_exit
-        full._final("embed", DebugRequest(id=0, action="log", count=50), None)
+        testing.debug(full, "embed", DebugRequest(id=0, action="log", count=50))
         got = full.embed(["bees make honey", "rust is a language"])
         [after] = full.status()
         assert after.restarts == 0 and after.pid == status.pid

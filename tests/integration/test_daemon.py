@@ -4,6 +4,7 @@ many clients, hostile bytes, and a foreign uid."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -191,6 +192,26 @@ def test_disconnect_mid_stream_cancels_and_the_daemon_carries_on(daemon: DaemonP
     with Client(daemon.socket) as other:
         assert other.chat("Hi", max_tokens=2).collect().completion_tokens == 2
     assert time.monotonic() - started < 10
+
+
+def test_the_callers_timeout_travels_to_the_daemon(daemon: DaemonProcess) -> None:
+    # The daemon itself holds the deadline and answers the typed WorkerTimeout (the
+    # client's own fallback says "the daemon did not answer"); the connection survives.
+    with Client(daemon.socket) as client:
+        stream = client.chat("Write a long story about bees.", max_tokens=400, timeout=1.0)
+        with pytest.raises(WorkerTimeout, match="chat call did not finish within its timeout"):
+            stream.collect()
+        assert client.chat("Hi", max_tokens=2).collect().completion_tokens == 2
+    sock = _raw_connection(daemon)
+    channel = SocketChannel(sock, codec.FROM_DAEMON)
+    embed = {"k": "embed", "id": 0, "texts": ["x"]}
+    for bad in (math.inf, -1.0, 0.0):
+        raw = msgspec.msgpack.encode({"k": "call", "id": 5, "request": embed, "timeout_s": bad})
+        sock.sendall(struct.pack("!I", len(raw)) + raw)
+        error = channel.recv()
+        assert isinstance(error, ErrorFrame) and error.kind == "invalid_request", error
+        assert "timeout must be finite and above zero" in error.message and error.id == 5
+    sock.close()
 
 
 def test_client_that_times_out_while_queued_is_never_served(daemon: DaemonProcess) -> None:

@@ -29,6 +29,7 @@ from lilbee_workers import (
     Supervisor,
     SupervisorConfig,
     WorkerError,
+    testing,
 )
 from lilbee_workers.daemon import Daemon, DaemonSetupError
 from lilbee_workers.server import SocketServer
@@ -392,8 +393,11 @@ def test_reload_runs_off_the_main_loop_watchdog_fed_sigterm_handled(
         def run() -> None:
             try:
                 results.append(
-                    busy_client._final(
-                        "chat", DebugRequest(id=0, action="sleep", seconds=seconds), 300
+                    testing.debug(
+                        busy_client,
+                        "chat",
+                        DebugRequest(id=0, action="sleep", seconds=seconds),
+                        300,
                     )
                 )
             except WorkerError as exc:

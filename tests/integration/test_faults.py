@@ -26,6 +26,7 @@ from lilbee_workers import (
     WorkerCrashed,
     WorkerTimeout,
     WorkerUnavailable,
+    testing,
 )
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.frames import (
@@ -100,7 +101,7 @@ def test_sigstop_is_seen_within_heartbeat_timeout_and_the_call_retried(sup: Supe
 def test_request_that_kills_the_worker_twice_is_a_poison_error(sup: Supervisor) -> None:
     before = restarts(sup, "chat")
     with pytest.raises(WorkerCrashed) as caught:
-        sup._final("chat", DebugRequest(id=0, action="abort"), None)
+        testing.debug(sup, "chat", DebugRequest(id=0, action="abort"))
     error = caught.value
     assert "failed on this request 2 times" in error.message
     assert "SIGABRT" in error.message
@@ -119,8 +120,8 @@ def test_crash_on_first_attempt_only_is_retried_transparently(
 ) -> None:
     # exit0: a worker that exits "successfully" out of the blue is a crash all the same.
     generation = sup.role_status("chat").generation
-    frame = sup._final(
-        "chat", DebugRequest(id=0, action=action, below_generation=generation + 1), None
+    frame = testing.debug(
+        sup, "chat", DebugRequest(id=0, action=action, below_generation=generation + 1)
     )
     assert isinstance(frame, NoopResult)
     assert exit_text in {s.role: s for s in sup.status()}["chat"].last_exit
@@ -245,7 +246,7 @@ def test_crash_loop_opens_the_circuit_and_restart_closes_it(
     config = make_config({"embed": {}, "chat": {"max_restarts": 1}})
     with Supervisor(config) as sup:
         with pytest.raises(WorkerCrashed):
-            sup._final("chat", DebugRequest(id=0, action="abort"), None)
+            testing.debug(sup, "chat", DebugRequest(id=0, action="abort"))
         wait_for_state(sup, "chat", "failed")
         started = time.monotonic()
         with pytest.raises(WorkerUnavailable, match="crashed 2 times"):
@@ -264,10 +265,10 @@ def test_runaway_call_hits_its_deadline_and_is_retried(
     with Supervisor(config) as sup:
         generation = sup.role_status("chat").generation
         started = time.monotonic()
-        frame = sup._final(
+        frame = testing.debug(
+            sup,
             "chat",
             DebugRequest(id=0, action="sleep", seconds=30, below_generation=generation + 1),
-            None,
         )
         assert isinstance(frame, NoopResult)
         assert time.monotonic() - started < 15
