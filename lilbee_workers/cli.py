@@ -141,8 +141,16 @@ def serve(
     config: ConfigOption = None,
     socket_path: SocketOption = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log JSON lines.")] = False,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Also serve the OpenAI-compatible HTTP API here (needs the http extra).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the supervisor, serving it on a Unix socket.
+    """Run the supervisor, serving it on a Unix socket (and over HTTP with --http).
 
     Runs until SIGTERM or Ctrl-C. SIGHUP reloads the config file, restarting only
     roles whose settings changed. Without --config: embed + chat on the bundled
@@ -155,6 +163,10 @@ def serve(
 
     try:
         settings = _settings(config) or default_config()
+        if http is not None:
+            import msgspec
+
+            settings = msgspec.structs.replace(settings, http_listen=http).validate()
         configure_logging(settings.log_level, "json" if json_logs else settings.log_format)
         code = Daemon(settings, config_path=config, socket_path=socket_path).run()
     except ConfigError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import warnings
@@ -176,6 +177,13 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
     drain_timeout_s: float = 30.0
+    http_listen: str = ""
+    """``HOST:PORT`` for the OpenAI-compatible HTTP face (extra ``http``); empty: off."""
+    http_api_key_file: str = ""
+    """A file holding the bearer token HTTP clients must send (``Authorization: Bearer``);
+    required when ``http_listen`` is not a loopback address."""
+    http_max_body_bytes: int = 32 * 1024 * 1024
+    """Largest HTTP request body; a bigger one is answered 413 before it is read whole."""
 
     def validate(self) -> SupervisorConfig:
         """Raise ``ConfigError`` naming the first bad key; return self."""
@@ -197,6 +205,17 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         if not self.frame_timeout_s > 0:
             raise ConfigError(f"frame_timeout_s must be > 0 seconds, got {self.frame_timeout_s}")
         check_duration("frame_timeout_s", self.frame_timeout_s)
+        if self.http_listen:
+            host, _ = parse_listen(self.http_listen)
+            if not is_loopback(host) and not self.http_api_key_file:
+                raise ConfigError(
+                    f"http_listen: {self.http_listen} is reachable from other machines; "
+                    "set http_api_key_file (a file holding the bearer token) or bind 127.0.0.1"
+                )
+        if self.http_max_body_bytes < 1024:
+            raise ConfigError(
+                f"http_max_body_bytes must be >= 1024, got {self.http_max_body_bytes}"
+            )
         if not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"socket_mode must be a mode like 0o600, got {self.socket_mode:#o}")
         return self
@@ -209,6 +228,25 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 
     def resolved_socket(self) -> Path:
         return Path(os.path.expanduser(self.socket or default_socket_path()))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); ``ConfigError`` if malformed."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"http_listen must be HOST:PORT (e.g. 127.0.0.1:8088), got {listen!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_duration(key: str, seconds: float) -> None:

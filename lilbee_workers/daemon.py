@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,6 +24,9 @@ from lilbee_workers.server import SocketServer
 from lilbee_workers.socket_setup import DaemonSetupError, bind_socket, socket_group_id
 from lilbee_workers.supervisor import Supervisor
 from lilbee_workers.systemd import Notifier, watchdog_interval
+
+if TYPE_CHECKING:
+    from lilbee_workers.http.serve import HttpServer
 
 __all__ = ["Daemon", "DaemonSetupError"]
 
@@ -49,6 +53,7 @@ class Daemon:
         self.thread_errors: Counter[str] = Counter()
         """Unexpected errors caught per background thread kind (accept, connection, reload)."""
         self.server: SocketServer | None = None
+        self.http: HttpServer | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
@@ -66,8 +71,16 @@ class Daemon:
         self.server = SocketServer(
             listener, self.config, self.supervisor, self._stop, self._count_error
         )
+        try:  # a port in use or a missing extra fails the start before any model loads
+            self.http = bind_http(self.config, self.supervisor) if self.config.http_listen else None
+        except BaseException:
+            listener.close()
+            self.socket_path.unlink(missing_ok=True)
+            raise
         self.supervisor.start()
         self.server.start()
+        if self.http is not None:
+            self.http.start()
         status = self._status_line()
         self.notifier.ready(status)
         self._last_status = status
@@ -109,7 +122,8 @@ class Daemon:
         """The accept loop, every dispatcher and every health monitor alive (a dead one
         means a bug: let systemd's watchdog restart us)."""
         server = self.server
-        return server is not None and server.alive() and self.supervisor.healthy()
+        http_ok = self.http is None or self.http.alive()
+        return server is not None and server.alive() and http_ok and self.supervisor.healthy()
 
     def _status_line(self) -> str:
         return ", ".join(f"{s.role}={s.state}" for s in self.supervisor.status())
@@ -175,6 +189,8 @@ class Daemon:
         self.notifier.stopping()
         log.info("daemon stopping: draining calls in flight")
         deadline = time.monotonic() + self.config.drain_timeout_s
+        if self.http is not None:
+            self.http.stop(timeout=max(1.0, deadline - time.monotonic()))
         if self.server is not None:
             self.server.drain(deadline)
         self.supervisor.close(timeout=max(1.0, deadline - time.monotonic()))
@@ -184,3 +200,16 @@ class Daemon:
             pass
         self.notifier.close()
         log.info("daemon stopped")
+
+
+def bind_http(config: SupervisorConfig, supervisor: Supervisor) -> HttpServer:
+    """The HTTP face, bound; ``ConfigError`` when the ``http`` extra is not installed."""
+    try:
+        from lilbee_workers.http.serve import HttpServer
+    except ImportError as exc:
+        raise ConfigError(
+            f"http_listen needs the http extra: pip install 'lilbee-workers[http]' ({exc})"
+        ) from None
+    server = HttpServer(config, supervisor)
+    server.bind()
+    return server

@@ -41,6 +41,12 @@ class RerankItem(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True)
     document: str | None = None
 
 
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000
+)  # fmt: skip
+"""Upper bounds of the call-latency histogram's buckets (a last one, +Inf, follows)."""
+
+
 class RoleStatus(msgspec.Struct):
     """What ``status`` shows for one role."""
 
@@ -72,3 +78,9 @@ class RoleStatus(msgspec.Struct):
     """Embed worker batches by number of texts (power-of-two buckets): coalescing at work."""
     batch_tokens: dict[str, int] = msgspec.field(default_factory=dict)
     """The same batches by number of tokens."""
+    latency_buckets: list[int] = msgspec.field(default_factory=list)
+    """Calls by latency since start: one count per ``LATENCY_BUCKETS_MS`` bound, then +Inf
+    (not cumulative)."""
+    latency_sum_ms: float = 0.0
+    tokens_generated: int = 0
+    """Completion tokens of every chat, completion and vision answer."""

@@ -16,6 +16,7 @@ from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
     AnyFrame,
     ChatChunk,
+    ChatResult,
     EmbedBatchRequest,
     EmbedBatchResult,
     EmbedRequest,
@@ -131,6 +132,8 @@ def account(stats: RoleStats, call: Attempted, outcome: Answered) -> None:
     errors = call.part_errors if isinstance(call, MergedCall) else [outcome.error]
     for error in errors:
         stats.answered(error=error, retried=call.retried)
+    if isinstance(outcome.frame, ChatResult):
+        stats.generated(outcome.frame.completion_tokens)
     shape = batch_shape(outcome.frame) if outcome.frame is not None else None
     if shape is not None:
         stats.batch(*shape)

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter, deque
 from typing import Any
+
+from lilbee_workers.types import LATENCY_BUCKETS_MS
 
 
 class RoleStats:
@@ -22,6 +25,9 @@ class RoleStats:
         self._internal_errors = 0
         self._batch_sizes: Counter[str] = Counter()
         self._batch_tokens: Counter[str] = Counter()
+        self._latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self._latency_sum_ms = 0.0
+        self._tokens_generated = 0
 
     def answered(self, *, error: bool, retried: bool) -> None:
         """A call got its final frame (an error frame counts as an error)."""
@@ -61,6 +67,13 @@ class RoleStats:
     def latency(self, milliseconds: float) -> None:
         with self._lock:
             self._latencies_ms.append(milliseconds)
+            self._latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, milliseconds)] += 1
+            self._latency_sum_ms += milliseconds
+
+    def generated(self, tokens: int) -> None:
+        """A chat, completion or vision answer of ``tokens`` completion tokens."""
+        with self._lock:
+            self._tokens_generated += tokens
 
     @property
     def restarts(self) -> int:
@@ -81,6 +94,9 @@ class RoleStats:
                 "p99_ms": percentile(latencies, 0.99),
                 "batch_sizes": dict(self._batch_sizes),
                 "batch_tokens": dict(self._batch_tokens),
+                "latency_buckets": list(self._latency_buckets),
+                "latency_sum_ms": round(self._latency_sum_ms, 3),
+                "tokens_generated": self._tokens_generated,
             }
 
 

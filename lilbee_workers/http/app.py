@@ -1,0 +1,257 @@
+"""The Starlette app: OpenAI-shaped endpoints over any ``WorkerAPI``.
+
+Every blocking wait on a worker runs in a thread (``asyncio.to_thread``), so the event
+loop never blocks; ``serve`` gives the loop a thread pool as large as the connections it
+admits. A streaming client that disconnects cancels its generation: the stream's
+generator is cancelled, and closing the ``ChatStream`` cancels the call in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lilbee_workers.aio import AsyncChatStream, AsyncWorkerAPI
+from lilbee_workers.api import WorkerAPI, vectors_of
+from lilbee_workers.errors import ProtocolError, WorkerError
+from lilbee_workers.http import metrics, shapes
+from lilbee_workers.http.errors import HttpError, error_body, retry_after, worker_error_body
+from lilbee_workers.http.schemas import (
+    ChatCompletionBody,
+    CompletionBody,
+    EmbeddingsBody,
+    RerankBody,
+)
+from lilbee_workers.transport.frames import EmbedRequest, EmbedResult
+from lilbee_workers.types import RoleState
+
+B = TypeVar("B")
+_SERVING = {RoleState.READY.value, RoleState.BUSY.value}
+_DEFAULT_TEMPERATURE = 0.8  # llama.cpp's server default (OpenAI's is 1.0)
+
+
+class HttpFace:
+    """The endpoints, bound to one ``WorkerAPI`` (the daemon's ``Supervisor``)."""
+
+    def __init__(self, api: WorkerAPI, max_body_bytes: int, api_key: str | None = None) -> None:
+        self.api = api
+        self.aio = AsyncWorkerAPI(api)
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key
+
+    def app(self) -> ASGIApp:
+        routes = [
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/rerank", self.rerank, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+        app = Starlette(
+            routes=routes,
+            exception_handlers={WorkerError: _worker_error, HttpError: _http_error},
+        )
+        return BearerAuth(app, self.api_key) if self.api_key else app
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self._body(request, EmbeddingsBody)
+        model = self._model("embed", body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        embed = EmbedRequest(id=0, texts=texts)
+        frame = await asyncio.to_thread(self.api._final, "embed", embed, None)
+        if not isinstance(frame, EmbedResult):
+            raise ProtocolError(f"expected embeddings, got {type(frame).__name__}")
+        vectors = vectors_of(frame)
+        data = [
+            {"object": "embedding", "index": index, "embedding": shapes.encode(row, body)}
+            for index, row in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": frame.prompt_tokens, "total_tokens": frame.prompt_tokens}
+        return _json({"object": "list", "data": data, "model": model, "usage": usage})
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = await self._body(request, ChatCompletionBody)
+        shapes.one_choice(body.n)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        temperature = _DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
+        image = shapes.image_of(body.messages)
+        if image is not None:
+            model = self._model("vision", body.model)
+            stream = await self.aio.vision(
+                image,
+                shapes.last_user_text(body.messages) or None,
+                max_tokens=max_tokens if max_tokens is not None else 256,
+                temperature=temperature,
+                seed=body.seed,
+            )
+        else:
+            model = self._model("chat", body.model)
+            stream = await self.aio.chat(
+                [{"role": m.role, "content": shapes.text_of(m)} for m in body.messages],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=0.95 if body.top_p is None else body.top_p,
+                stop=shapes.stops(body.stop),
+                seed=body.seed,
+            )
+        return await self._answer(stream, model, chat=True, streaming=body.stream)
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._body(request, CompletionBody)
+        shapes.one_choice(body.n)
+        prompt = body.prompt if isinstance(body.prompt, str) else shapes.single(body.prompt)
+        model = self._model("chat", body.model)
+        stream = await self.aio.complete(
+            prompt,
+            max_tokens=body.max_tokens,
+            temperature=_DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+            top_p=0.95 if body.top_p is None else body.top_p,
+            stop=shapes.stops(body.stop),
+            seed=body.seed,
+        )
+        return await self._answer(stream, model, chat=False, streaming=body.stream)
+
+    async def rerank(self, request: Request) -> Response:
+        body = await self._body(request, RerankBody)
+        model = self._model("rerank", body.model)
+        documents = [d if isinstance(d, str) else d.text for d in body.documents]
+        items = await self.aio.rerank(
+            body.query, documents, top_n=body.top_n, return_documents=body.return_documents
+        )
+        results: list[dict[str, Any]] = []
+        for item in items:
+            result: dict[str, Any] = {"index": item.index, "relevance_score": item.score}
+            if body.return_documents:
+                result["document"] = {"text": item.document}
+            results.append(result)
+        return _json({"object": "list", "model": model, "results": results})
+
+    async def models(self, request: Request) -> Response:
+        served: dict[str, list[str]] = {}
+        for status in self.api.status():
+            served.setdefault(metrics.model_name(status.model), []).append(status.role)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "lilbee-workers", "roles": r}
+            for name, r in served.items()
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        roles = {status.role: status.state for status in self.api.status()}
+        serving = any(state in _SERVING for state in roles.values())
+        return _json({"status": "ok" if serving else "unavailable", "roles": roles},
+                     200 if serving else 503)  # fmt: skip
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(metrics.render(self.api.status), media_type=metrics.CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _body(self, request: Request, schema: type[B]) -> B:
+        """The JSON body as ``schema``; 413 past ``max_body_bytes``, before reading it all."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise _too_large(self.max_body_bytes)
+        try:
+            return msgspec.json.decode(bytes(body), type=schema)
+        except msgspec.ValidationError as exc:
+            raise HttpError(400, f"invalid request body: {exc}", "invalid_request") from None
+        except msgspec.DecodeError as exc:
+            raise HttpError(400, f"request body is not JSON: {exc}", "invalid_json") from None
+
+    def _model(self, role: str, requested: str | None) -> str:
+        """The name of the model ``role`` serves; 404 when ``requested`` names another."""
+        status = {s.role: s for s in self.api.status()}.get(role)
+        if status is None:
+            raise HttpError(404, f"no {role} role is configured", "model_not_found", "model")
+        name = metrics.model_name(status.model)
+        if requested in (None, "", role, name):
+            return name
+        raise HttpError(
+            404,
+            f"model {requested!r} is not served here for {role} (it serves {name!r}; "
+            "GET /v1/models lists them)",
+            "model_not_found",
+            "model",
+        )
+
+    async def _answer(
+        self, stream: AsyncChatStream, model: str, *, chat: bool, streaming: bool
+    ) -> Response:
+        if not streaming:
+            try:
+                result = await stream.collect()
+            finally:
+                await stream.aclose()
+            return _json(shapes.completion(result.text, result.finish_reason, model, chat, result))
+        # The first chunk is read before the headers go out, so an error the worker
+        # answers at once (a prompt over the context) gets its real status code.
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await stream.aclose()
+            raise
+        return StreamingResponse(
+            shapes.events(stream, first, model, chat),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+
+class BearerAuth:
+    """Every path but ``/health`` needs ``Authorization: Bearer <key>`` (constant-time)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = error_body(
+                    "missing or wrong API key", "invalid_request_error", "unauthorized"
+                )
+                headers = {"WWW-Authenticate": "Bearer"}
+                await JSONResponse(body, 401, headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"request body over {limit} bytes", "request_too_large")
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(content), status, headers, "application/json")
+
+
+async def _worker_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WorkerError)
+    status, body = worker_error_body(exc)
+    return _json(body, status, retry_after(status))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return _json(error_body(exc.message, kind, exc.code, exc.param), exc.status)

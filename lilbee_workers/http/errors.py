@@ -1,0 +1,71 @@
+"""Our errors as HTTP answers: a status code and OpenAI's error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lilbee_workers.errors import (
+    AccessDenied,
+    Cancelled,
+    InvalidRequest,
+    ModelError,
+    Overloaded,
+    ProtocolError,
+    WorkerCrashed,
+    WorkerError,
+    WorkerTimeout,
+    WorkerUnavailable,
+)
+
+RETRY_AFTER_S = 1
+"""What ``Retry-After`` says on 429 and 503: queues drain and workers restart in seconds."""
+
+
+class HttpError(Exception):
+    """An answer that is not a ``WorkerError``: unknown model, body too big, bad auth."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+# (status, OpenAI error type); the first match wins, so subclasses come first.
+_BY_CLASS: list[tuple[type[WorkerError], int, str]] = [
+    (InvalidRequest, 400, "invalid_request_error"),
+    (ProtocolError, 400, "invalid_request_error"),
+    (AccessDenied, 403, "permission_error"),
+    (Overloaded, 429, "rate_limit_error"),
+    (WorkerTimeout, 504, "timeout_error"),
+    (WorkerCrashed, 502, "server_error"),
+    (WorkerUnavailable, 503, "server_error"),
+    (ModelError, 500, "server_error"),
+    (Cancelled, 499, "server_error"),
+]
+
+
+def status_of(error: WorkerError) -> tuple[int, str]:
+    """The HTTP status and OpenAI error type for ``error``."""
+    for cls, status, kind in _BY_CLASS:
+        if isinstance(error, cls):
+            return status, kind
+    return 500, "server_error"
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> Any:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def worker_error_body(error: WorkerError) -> tuple[int, Any]:
+    """(status, body) for a ``WorkerError``; the body names the worker's log if it has one."""
+    status, kind = status_of(error)
+    message = error.message
+    if error.log_path:
+        message += f" (worker log: {error.log_path})"
+    return status, error_body(message, kind, error.kind)
+
+
+def retry_after(status: int) -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}

@@ -1,0 +1,72 @@
+"""Request bodies of the OpenAI-style endpoints, as msgspec Structs.
+
+Unknown fields are ignored (clients send many we do not use); a field of the wrong type
+is a 400 naming it. Responses are plain dicts built in ``app``: their shape is OpenAI's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class TextPart(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ImageUrl(msgspec.Struct):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
+    image_url: ImageUrl
+
+
+class Message(msgspec.Struct):
+    role: str
+    content: str | list[TextPart | ImagePart] | None = None
+
+
+class ChatCompletionBody(msgspec.Struct):
+    messages: list[Message]
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+
+
+class CompletionBody(msgspec.Struct):
+    prompt: str | list[str]
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+
+
+class EmbeddingsBody(msgspec.Struct):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class RerankDocument(msgspec.Struct):
+    text: str
+
+
+class RerankBody(msgspec.Struct):
+    query: str
+    documents: list[str | RerankDocument]
+    model: str | None = None
+    top_n: int | None = None
+    return_documents: bool = False

@@ -1,0 +1,108 @@
+"""Run the HTTP face on a thread of the daemon (uvicorn on its own event loop).
+
+The listening socket is bound here, before uvicorn starts, so a port in use is a clear
+error at start rather than a log line from a thread. The loop's default thread pool is
+as large as the connections uvicorn admits: each waiting request holds one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from lilbee_workers.api import WorkerAPI
+from lilbee_workers.config import SupervisorConfig, is_loopback, parse_listen
+from lilbee_workers.errors import ConfigError
+from lilbee_workers.http.app import HttpFace
+
+log = structlog.get_logger("lilbee_workers.http")
+
+MAX_HTTP_CONNECTIONS = 256
+
+
+class HttpServer:
+    """``bind()`` takes the port (fails fast), ``start()`` serves, ``stop()`` stops
+    accepting and waits for the thread."""
+
+    def __init__(self, config: SupervisorConfig, api: WorkerAPI) -> None:
+        self.host, self.port = parse_listen(config.http_listen)
+        api_key = _read_key(config.http_api_key_file) if config.http_api_key_file else None
+        if api_key is None and not is_loopback(self.host):
+            raise ConfigError(f"http_listen {config.http_listen} needs http_api_key_file")
+        face = HttpFace(api, config.http_max_body_bytes, api_key)
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                face.app(),
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+                limit_concurrency=MAX_HTTP_CONNECTIONS,
+                timeout_graceful_shutdown=5,
+            )
+        )
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._socket: socket.socket | None = None
+        self.authenticated = api_key is not None
+
+    def bind(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(f"cannot serve HTTP on {self.host}:{self.port}: {exc}") from None
+        sock.listen(128)
+        self._socket = sock
+        self.port = sock.getsockname()[1]  # port 0: the one the kernel chose
+
+    def start(self) -> None:
+        if self._socket is None:
+            self.bind()
+        self._thread.start()
+        log.info(
+            "http serving",
+            url=f"http://{self.host}:{self.port}/v1",
+            api_key="required" if self.authenticated else "none (loopback only)",
+        )
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(
+                ThreadPoolExecutor(MAX_HTTP_CONNECTIONS, thread_name_prefix="http-wait")
+            )
+            assert self._socket is not None
+            await self._uvicorn.serve(sockets=[self._socket])
+
+        try:
+            asyncio.run(serve())
+        except BaseException:
+            log.exception("http server stopped with an error")
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._uvicorn.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._socket is not None:
+            self._socket.close()
+
+
+def _read_key(path: str) -> str:
+    try:
+        key = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"http_api_key_file: cannot read {path}: {exc}") from None
+    if len(key) < 16:
+        raise ConfigError(f"http_api_key_file: {path} holds a key of under 16 characters")
+    return key

@@ -1,0 +1,142 @@
+"""OpenAI's shapes: request pieces read from bodies, answers and stream events built.
+
+Pure functions of their inputs (the stream events read the stream they are given), so
+the endpoints in ``app`` stay a page of routing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from lilbee_workers.aio import AsyncChatStream
+from lilbee_workers.errors import WorkerError
+from lilbee_workers.http.errors import HttpError, worker_error_body
+from lilbee_workers.http.schemas import EmbeddingsBody, ImagePart, Message, TextPart
+
+
+async def events(
+    stream: AsyncChatStream, first: str | None, model: str, chat: bool
+) -> AsyncIterator[str]:
+    """Server-sent events: chunks, a last one with the finish reason, ``[DONE]``; an
+    error after the first chunk is an ``error`` event (the status was already sent)."""
+    response_id, created = ident(chat), int(time.time())
+
+    def event(text: str | None, finish: str | None, opening: bool = False) -> str:
+        if chat:
+            delta: dict[str, str] = {} if text is None else {"content": text}
+            if opening:
+                delta["role"] = "assistant"
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            kind = "text_completion"
+        frame = {"id": response_id, "object": kind, "created": created, "model": model,
+                 "choices": [choice]}  # fmt: skip
+        return f"data: {msgspec.json.encode(frame).decode()}\n\n"
+
+    try:
+        if chat:
+            yield event("", None, opening=True)
+        if first is not None:
+            yield event(first, None)
+            async for text in stream:
+                yield event(text, None)
+        result = stream.result
+        yield event(None, result.finish_reason if result is not None else "stop")
+        yield "data: [DONE]\n\n"
+    except WorkerError as exc:
+        _, body = worker_error_body(exc)
+        yield f"data: {msgspec.json.encode(body).decode()}\n\n"
+    finally:
+        await stream.aclose()  # a client gone mid-stream: cancel the generation
+
+
+def completion(text: str, finish: str, model: str, chat: bool, result: Any) -> dict[str, Any]:
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    if chat:
+        message = {"role": "assistant", "content": text}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        kind = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        kind = "text_completion"
+    return {"id": ident(chat), "object": kind, "created": int(time.time()), "model": model,
+            "choices": [choice], "usage": usage}  # fmt: skip
+
+
+def ident(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def encode(row: Any, body: EmbeddingsBody) -> Any:
+    if body.encoding_format == "base64":
+        return base64.b64encode(row.astype("<f4").tobytes()).decode()
+    return row.tolist()
+
+
+def text_of(message: Message) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    return "".join(part.text for part in message.content if isinstance(part, TextPart))
+
+
+def last_user_text(messages: list[Message]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            return text_of(message)
+    return ""
+
+
+def image_of(messages: list[Message]) -> bytes | None:
+    """The image of a vision request (a ``data:`` URL; the last one if several)."""
+    urls = [
+        part.image_url.url
+        for message in messages
+        if isinstance(message.content, list)
+        for part in message.content
+        if isinstance(part, ImagePart)
+    ]
+    if not urls:
+        return None
+    url = urls[-1]
+    header, comma, payload = url.partition(",")
+    if not url.startswith("data:") or not comma or not header.endswith(";base64"):
+        raise HttpError(
+            400,
+            "image_url must be a data: URL with base64 image bytes (the server fetches nothing)",
+            "invalid_image_url",
+            "messages",
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "image_url: invalid base64", "invalid_image_url", "messages") from None
+
+
+def stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else stop
+
+
+def single(prompts: list[str]) -> str:
+    if len(prompts) != 1:
+        raise HttpError(400, "prompt: send one prompt per request", "invalid_request", "prompt")
+    return prompts[0]
+
+
+def one_choice(n: int) -> None:
+    if n != 1:
+        raise HttpError(400, "n: only n = 1 is supported", "invalid_request", "n")

@@ -1,0 +1,364 @@
+"""The OpenAI-compatible HTTP face, through clients no one here wrote: the official
+``openai`` package and ``httpx``, against a real daemon with real workers. Answers are
+checked against the same calls made through the daemon's Unix socket (``Client``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import FAST, pid_alive
+from daemon_helpers import DaemonProcess, write_config
+from lilbee_workers import Client
+from tiny_models import png_bytes
+
+TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def gemma_name(http: HttpDaemon) -> str:
+    """The name the bundled gemma goes by over HTTP: its file name without .gguf."""
+    with Client(http.process.socket) as client:
+        return Path({s.role: s.model for s in client.status()}["chat"]).stem
+
+
+class HttpDaemon:
+    def __init__(self, process: DaemonProcess, port: int) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+
+    def openai(self, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **options)
+
+
+def start_http_daemon(root: Path, roles: dict[str, dict[str, Any]], **top: Any) -> HttpDaemon:
+    port = free_port()
+    config = write_config(
+        root / "w.toml",
+        roles,
+        log_dir=str(root / "logs"),
+        http_listen=f"127.0.0.1:{port}",
+        **top,
+    )
+    process = DaemonProcess(config)
+    process.wait_ready()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            return HttpDaemon(process, port)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.stop()
+    raise AssertionError("the HTTP face never answered")
+
+
+@pytest.fixture(scope="module")
+def http(
+    tmp_path_factory: pytest.TempPathFactory,
+    model_path: str,
+    tiny_reranker: str,
+    tiny_projector: str,
+) -> Iterator[HttpDaemon]:
+    daemon = start_http_daemon(
+        tmp_path_factory.mktemp("http"),
+        {
+            "embed": {"model": model_path, "n_ctx": 512, **TIMING},
+            "chat": {"model": model_path, "n_ctx": 512, **TIMING},
+            "rerank": {"model": tiny_reranker, "n_ctx": 128, **TIMING},
+            "vision": {"model": model_path, "mmproj": tiny_projector, "n_ctx": 1024, **TIMING},
+        },
+        http_max_body_bytes=64 * 1024,
+    )
+    yield daemon
+    assert daemon.process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def socket_client(http: HttpDaemon) -> Iterator[Client]:
+    with Client(http.process.socket) as client:
+        yield client
+
+
+def test_embeddings_equal_the_socket_clients(http: HttpDaemon, socket_client: Client) -> None:
+    texts = ["bees make honey", "the stock market fell"]
+    answer = http.openai().embeddings.create(model=gemma_name(http), input=texts)
+    vectors = np.array([item.embedding for item in answer.data], dtype=np.float32)
+    expected = socket_client.embed(texts)
+    assert vectors.shape == expected.shape == (2, 640)
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    assert answer.usage.prompt_tokens > 0
+    raw = httpx.post(
+        http.url + "/v1/embeddings", json={"input": "bees make honey", "encoding_format": "base64"}
+    ).json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(decoded, expected[0], atol=1e-6)
+
+
+def test_chat_completion_streamed_and_not_equal_the_socket_clients(
+    http: HttpDaemon, socket_client: Client
+) -> None:
+    client = http.openai()
+    messages = [{"role": "user", "content": "Name a flower."}]
+    whole = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=12, temperature=0.0
+    )
+    expected = socket_client.chat(messages, max_tokens=12, temperature=0.0).collect()
+    assert whole.choices[0].message.content == expected.text and expected.text
+    assert whole.choices[0].finish_reason == expected.finish_reason
+    assert whole.usage.completion_tokens == expected.completion_tokens
+    stream = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=12, temperature=0.0, stream=True
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
+    assert "".join(pieces) == expected.text
+    assert len([p for p in pieces if p]) > 1  # it really streamed
+
+
+def test_completion_knows_who_makes_honey(http: HttpDaemon) -> None:
+    answer = http.openai().completions.create(
+        model="chat", prompt="Honey is made by", max_tokens=8, temperature=0.0
+    )
+    assert "bee" in answer.choices[0].text.lower()
+    streamed = http.openai().completions.create(
+        model="chat", prompt="Honey is made by", max_tokens=8, temperature=0.0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in streamed) == answer.choices[0].text
+
+
+def test_models_list_names_what_each_role_serves(http: HttpDaemon) -> None:
+    models = {model.id: model for model in http.openai().models.list()}
+    assert set(models) == {gemma_name(http), Path(_tiny(http, "rerank")).stem}
+    assert set(models[gemma_name(http)].model_extra["roles"]) == {"embed", "chat", "vision"}
+
+
+def _tiny(http: HttpDaemon, role: str) -> str:
+    statuses = httpx.get(http.url + "/health").json()["roles"]
+    assert role in statuses
+    with Client(http.process.socket) as client:
+        return {s.role: s.model for s in client.status()}[role]
+
+
+def test_an_image_message_goes_to_the_vision_role(http: HttpDaemon) -> None:
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    before = _served(http, "vision")
+    answer = http.openai().chat.completions.create(
+        model=gemma_name(http),
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in the picture?"},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ],
+        max_tokens=4,
+    )
+    assert answer.choices[0].message.content is not None
+    assert _served(http, "vision") == before + 1
+    with pytest.raises(openai.BadRequestError, match="data: URL"):
+        http.openai().chat.completions.create(
+            model="chat",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                }
+            ],
+        )
+
+
+def _served(http: HttpDaemon, role: str) -> int:
+    with Client(http.process.socket) as client:
+        return {s.role: s.served for s in client.status()}[role]
+
+
+def test_bad_requests_are_400_and_unknown_models_404(http: HttpDaemon) -> None:
+    client = http.openai()
+    with pytest.raises(openai.BadRequestError, match="messages must not be empty"):
+        client.chat.completions.create(model="chat", messages=[])
+    with pytest.raises(openai.BadRequestError, match="invalid request body"):
+        client.embeddings.create(model="embed", input=[1, 2, 3])  # token ids: not supported
+    with pytest.raises(openai.NotFoundError, match="GET /v1/models lists them") as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "model_not_found"
+    response = httpx.post(http.url + "/v1/embeddings", content=b"{not json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_rerank_equals_the_socket_clients(http: HttpDaemon, socket_client: Client) -> None:
+    documents = ["bees make honey", "stocks fell", "hives and bees"]
+    response = httpx.post(
+        http.url + "/v1/rerank",
+        json={"query": "bees", "documents": documents, "top_n": 2, "return_documents": True},
+    )
+    assert response.status_code == 200
+    results = response.json()["results"]
+    expected = socket_client.rerank("bees", documents, top_n=2, return_documents=True)
+    assert [(r["index"], r["document"]["text"]) for r in results] == [
+        (item.index, item.document) for item in expected
+    ]
+    np.testing.assert_allclose(
+        [r["relevance_score"] for r in results], [item.score for item in expected], atol=1e-6
+    )
+
+
+def test_health_and_metrics_agree_with_status(http: HttpDaemon, socket_client: Client) -> None:
+    health = httpx.get(http.url + "/health")
+    assert health.status_code == 200 and health.json()["roles"]["chat"] in ("ready", "busy")
+    socket_client.embed(["one more"])
+    text = httpx.get(http.url + "/metrics").text
+    statuses = {s.role: s for s in socket_client.status()}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    embed_labels = (("model", gemma_name(http)), ("role", "embed"))
+    ok = samples[("lilbee_requests_total", (*embed_labels[:1], ("outcome", "ok"), embed_labels[1]))]
+    assert ok == statuses["embed"].served >= 1
+    count = samples[("lilbee_request_latency_seconds_count", embed_labels)]
+    assert count == sum(statuses["embed"].latency_buckets) >= 1
+    state = ("lilbee_role_state", (*embed_labels[:1], embed_labels[1], ("state", "ready")))
+    assert samples[state] == 1.0
+    assert samples[("lilbee_worker_rss_bytes", embed_labels)] > 10_000_000
+    chat = (("model", gemma_name(http)), ("role", "chat"))
+    assert samples[("lilbee_tokens_generated_total", chat)] == statuses["chat"].tokens_generated > 0
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(http: HttpDaemon) -> None:
+    big = json.dumps({"input": "x" * 100_000}).encode()
+    response = httpx.post(http.url + "/v1/embeddings", content=big)
+    assert response.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams in
+        yield b'{"input": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = httpx.post(http.url + "/v1/embeddings", content=chunks())
+    assert response.status_code == 413
+    assert httpx.get(http.url + "/health").status_code == 200
+
+
+def test_a_client_gone_mid_stream_cancels_the_generation(
+    http: HttpDaemon, socket_client: Client
+) -> None:
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Write a long story about bees."}],
+        "max_tokens": 400,  # at temperature 0 it writes all 400 (9 s on 2 idle cores)
+        "temperature": 0.0,
+        "stream": True,
+    }
+    before = {s.role: s for s in socket_client.status()}["chat"].tokens_generated
+    with httpx.stream("POST", http.url + "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        chat = {s.role: s for s in socket_client.status()}["chat"]
+        if chat.in_flight == 0:
+            break
+        time.sleep(0.05)
+    assert chat.in_flight == 0, "the generation went on after its client left"
+    # A cancelled generation is answered with the tokens it had made: far fewer than 400.
+    assert chat.tokens_generated - before < 100
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_64_streams_while_the_chat_worker_is_killed(
+    http: HttpDaemon, socket_client: Client
+) -> None:
+    """Every stream completes or ends with an error event; none hangs; fds come back."""
+    baseline = _open_fds(http.process.proc.pid)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def stream_one(index: int) -> None:
+        body = {
+            "model": "chat",
+            "messages": [{"role": "user", "content": f"Count to ten, attempt {index}."}],
+            "max_tokens": 24,
+            "stream": True,
+        }
+        outcome = "hung"
+        try:
+            with httpx.stream(
+                "POST", http.url + "/v1/chat/completions", json=body, timeout=120
+            ) as response:
+                if response.status_code != 200:
+                    outcome = f"status {response.status_code}"
+                else:
+                    for line in response.iter_lines():
+                        if line == "data: [DONE]":
+                            outcome = "done"
+                        elif line.startswith("data: ") and '"error"' in line:
+                            outcome = "error event"
+        except httpx.HTTPError as exc:
+            outcome = f"transport error {exc!r}"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=stream_one, args=(i,)) for i in range(64)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    pid = {s.role: s for s in socket_client.status()}["chat"].pid
+    assert pid is not None and pid_alive(pid)
+    os.kill(pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(180)
+    assert not any(thread.is_alive() for thread in threads), "a stream hung"
+    assert len(outcomes) == 64
+    unexpected = [o for o in outcomes if o not in ("done", "error event", "status 502")]
+    assert not unexpected, unexpected
+    assert outcomes.count("done") >= 32  # the retry-once and the restart served most
+    deadline = time.monotonic() + 20
+    while _open_fds(http.process.proc.pid) > baseline + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _open_fds(http.process.proc.pid) <= baseline + 2
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpDaemon]:
+    root = tmp_path_factory.mktemp("broken")
+    daemon = start_http_daemon(
+        root,
+        {"embed": {"model": str(root / "missing.gguf"), "failed_cooldown_s": 600, **TIMING}},
+    )
+    yield daemon
+    assert daemon.process.stop() == 0
+
+
+def test_a_failed_role_is_503_with_retry_after(broken: HttpDaemon) -> None:
+    health = httpx.get(broken.url + "/health")
+    assert health.status_code == 503 and health.json()["roles"] == {"embed": "failed"}
+    with pytest.raises(openai.InternalServerError, match="model file not found") as caught:
+        broken.openai().embeddings.create(model="embed", input="x")
+    assert caught.value.status_code == 503
+    assert caught.value.response.headers["retry-after"] == "1"
