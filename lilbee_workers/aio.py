@@ -69,11 +69,17 @@ class AsyncWorkerAPI:
         *,
         normalize: bool = True,
         truncate: bool = False,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> npt.NDArray[np.float32]:
         """Embed texts; an array of shape (len(texts), dim), float32."""
         return await asyncio.to_thread(
-            self.sync.embed, texts, normalize=normalize, truncate=truncate, timeout=timeout
+            self.sync.embed,
+            texts,
+            normalize=normalize,
+            truncate=truncate,
+            model=model,
+            timeout=timeout,
         )
 
     async def chat(
@@ -85,6 +91,7 @@ class AsyncWorkerAPI:
         top_p: float = 0.95,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> AsyncChatStream:
         """Stream a chat reply: ``async for`` its chunks, then read ``.result``."""
@@ -96,6 +103,7 @@ class AsyncWorkerAPI:
             top_p=top_p,
             stop=stop,
             seed=seed,
+            model=model,
             timeout=timeout,
         )
         return AsyncChatStream(stream)
@@ -109,6 +117,7 @@ class AsyncWorkerAPI:
         top_p: float = 0.95,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> AsyncChatStream:
         """Stream the continuation of a raw prompt (chat role, no template)."""
@@ -120,6 +129,7 @@ class AsyncWorkerAPI:
             top_p=top_p,
             stop=stop,
             seed=seed,
+            model=model,
             timeout=timeout,
         )
         return AsyncChatStream(stream)
@@ -132,6 +142,7 @@ class AsyncWorkerAPI:
         top_n: int | None = None,
         return_documents: bool = False,
         truncate: bool = False,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> list[RerankItem]:
         """Score documents against a query; highest score first."""
@@ -142,6 +153,7 @@ class AsyncWorkerAPI:
             top_n=top_n,
             return_documents=return_documents,
             truncate=truncate,
+            model=model,
             timeout=timeout,
         )
 
@@ -153,6 +165,7 @@ class AsyncWorkerAPI:
         max_tokens: int | None = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> AsyncChatStream:
         """Describe an image (PNG or JPEG bytes); streams like ``chat``."""
@@ -163,6 +176,7 @@ class AsyncWorkerAPI:
             max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,
+            model=model,
             timeout=timeout,
         )
         return AsyncChatStream(stream)
@@ -172,6 +186,12 @@ class AsyncWorkerAPI:
 
     async def restart(self, role: str = "all", wait: bool = True) -> list[RoleStatus]:
         return await asyncio.to_thread(self.sync.restart, role, wait)
+
+    async def load(self, role: str, model: str) -> list[RoleStatus]:
+        return await asyncio.to_thread(self.sync.load, role, model)
+
+    async def unload(self, role: str) -> list[RoleStatus]:
+        return await asyncio.to_thread(self.sync.unload, role)
 
 
 class AsyncSupervisor(AsyncWorkerAPI):

@@ -126,6 +126,16 @@ class WorkerAPI(ABC):
         """Gracefully restart a role (or ``all``): drain, stop, start."""
 
     @abstractmethod
+    def load(self, role: str, model: str) -> list[RoleStatus]:
+        """Make ``model`` (a name from the role's models) the role's default and load it
+        now, after the call in flight; ``ModelError`` if it cannot load (the model that
+        served before serves on)."""
+
+    @abstractmethod
+    def unload(self, role: str) -> list[RoleStatus]:
+        """Stop the role's worker to free its memory; the next call loads it again."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release what this object holds (workers, or connections to the daemon)."""
 
@@ -146,11 +156,16 @@ class WorkerAPI(ABC):
         *,
         normalize: bool = True,
         truncate: bool = False,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> npt.NDArray[np.float32]:
         """Embed texts; an array of shape (len(texts), dim), float32."""
         request = EmbedRequest(
-            id=0, texts=_strings(texts, "texts"), normalize=bool(normalize), truncate=bool(truncate)
+            id=0,
+            model=_model(model),
+            texts=_strings(texts, "texts"),
+            normalize=bool(normalize),
+            truncate=bool(truncate),
         )
         frame = self._final("embed", request, timeout)
         if not isinstance(frame, EmbedResult):
@@ -166,11 +181,13 @@ class WorkerAPI(ABC):
         top_p: float = 0.95,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> ChatStream:
         """Stream a chat reply: iterate for text chunks, then read ``.result``."""
         request = ChatRequest(
             id=0,
+            model=_model(model),
             messages=chat_messages(messages),
             max_tokens=_optional_int(max_tokens, "max_tokens"),
             temperature=_number(temperature, "temperature"),
@@ -189,6 +206,7 @@ class WorkerAPI(ABC):
         top_p: float = 0.95,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> ChatStream:
         """Stream the continuation of a raw prompt (no chat template), served by the
@@ -197,6 +215,7 @@ class WorkerAPI(ABC):
             raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}")
         request = CompleteRequest(
             id=0,
+            model=_model(model),
             prompt=prompt,
             max_tokens=_optional_int(max_tokens, "max_tokens"),
             temperature=_number(temperature, "temperature"),
@@ -214,6 +233,7 @@ class WorkerAPI(ABC):
         top_n: int | None = None,
         return_documents: bool = False,
         truncate: bool = False,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> list[RerankItem]:
         """Score documents against a query; highest score first."""
@@ -221,6 +241,7 @@ class WorkerAPI(ABC):
             raise InvalidRequest(f"query must be a string, got {type(query).__name__}")
         request = RerankRequest(
             id=0,
+            model=_model(model),
             query=query,
             documents=_strings(documents, "documents"),
             top_n=_optional_int(top_n, "top_n"),
@@ -240,6 +261,7 @@ class WorkerAPI(ABC):
         max_tokens: int | None = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        model: str | None = None,
         timeout: float | None = None,
     ) -> ChatStream:
         """Describe an image (PNG or JPEG bytes); streams like ``chat``."""
@@ -249,6 +271,7 @@ class WorkerAPI(ABC):
             raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}")
         request = VisionRequest(
             id=0,
+            model=_model(model),
             image=bytes(image),
             prompt=prompt,
             max_tokens=_optional_int(max_tokens, "max_tokens"),
@@ -297,6 +320,12 @@ def _strings(values: Any, name: str) -> list[str]:
         if not isinstance(value, str):
             raise InvalidRequest(f"{name}[{index}] must be a string, got {type(value).__name__}")
     return result
+
+
+def _model(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"model must be a model name, got {type(value).__name__}")
+    return value
 
 
 def _optional_int(value: Any, name: str) -> int | None:

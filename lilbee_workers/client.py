@@ -33,6 +33,7 @@ from lilbee_workers.transport.frames import (
     AnyFrame,
     DebugRequest,
     ErrorFrame,
+    LoadRequest,
     NoopRequest,
     Request,
     RestartReply,
@@ -42,6 +43,7 @@ from lilbee_workers.transport.frames import (
     SocketRequest,
     StatusReply,
     StatusRequest,
+    UnloadRequest,
 )
 from lilbee_workers.types import RoleStatus
 
@@ -243,9 +245,20 @@ class Client(WorkerAPI):
         return frame.roles
 
     def restart(self, role: str = "all", wait: bool = True) -> list[RoleStatus]:
-        frame = self._send(RestartRequest(id=0, role=role, wait=wait)).next_frame(None)
+        return self._roles_reply(RestartRequest(id=0, role=role, wait=wait))
+
+    def load(self, role: str, model: str) -> list[RoleStatus]:
+        return self._roles_reply(LoadRequest(id=0, role=role, model=model))
+
+    def unload(self, role: str) -> list[RoleStatus]:
+        return self._roles_reply(UnloadRequest(id=0, role=role))
+
+    def _roles_reply(
+        self, request: RestartRequest | LoadRequest | UnloadRequest
+    ) -> list[RoleStatus]:
+        frame = self._send(request).next_frame(None)
         if not isinstance(frame, RestartReply):
-            raise ProtocolError(f"expected a restart reply, got {type(frame).__name__}")
+            raise ProtocolError(f"expected a roles reply, got {type(frame).__name__}")
         return frame.roles
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import math
 import os
 import warnings
@@ -14,6 +13,7 @@ import msgspec
 import structlog
 
 from lilbee_workers.errors import ConfigError
+from lilbee_workers.listen import is_loopback, parse_listen
 from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
@@ -29,11 +29,28 @@ ROLE_KINDS = ("embed", "chat", "rerank", "vision")
 Pooling = Literal["auto", "mean", "cls", "last", "none", "rank"]
 
 
+class ModelEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One model a role serves by name: ``[roles.<role>.models.<name>]``."""
+
+    path: str
+    """The GGUF file (``"default"``: the bundled gemma 3 270M)."""
+    n_ctx: int | None = None
+    mmproj: str | None = None
+    chat_format: str | None = None
+
+
 class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """How one role's worker loads its model and how the supervisor watches it."""
 
-    model: str
-    """Path to the GGUF model, or ``"default"`` for the bundled gemma 3 270M."""
+    model: str = ""
+    """The default model: a name from ``models``, or a GGUF path (``"default"``: the
+    bundled gemma 3 270M). Empty with ``models``: the first one listed."""
+    models: dict[str, ModelEntry] = msgspec.field(default_factory=dict)
+    """Models requests may name, switched to when the worker frees up (see
+    docs/models.md). Only these names are accepted from clients, never a path."""
+    keep_alive_s: float = 0.0
+    """Unload the model after this long without a call, and load it again on the next
+    (frees its memory while idle). 0: keep it loaded."""
     n_ctx: int = 2048
     n_threads: int | None = None
     n_gpu_layers: int = 0
@@ -138,10 +155,21 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         check_duration(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
         if self.max_restarts < 0:
             raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
-        if not self.model:
-            raise ConfigError(f"{where}.model must name a GGUF file")
+        if not self.model and not self.models:
+            raise ConfigError(f"{where}.model must name a GGUF file (or list models)")
+        for name, entry in self.models.items():
+            if not name or not entry.path:
+                raise ConfigError(f"{where}.models.{name}: needs a name and a path")
+            if entry.n_ctx is not None and entry.n_ctx <= 0:
+                raise ConfigError(f"{where}.models.{name}.n_ctx must be > 0")
+        check_duration(f"{where}.keep_alive_s", self.keep_alive_s)
+        if self.keep_alive_s and self.standby:
+            raise ConfigError(f"{where}: keep_alive_s unloads idle models; standby keeps one "
+                              "loaded: choose one")  # fmt: skip
         if role == "vision" and not self.mmproj:
-            raise ConfigError(f"{where}.mmproj must name the multimodal projector GGUF")
+            uncovered = self.model not in self.models if self.model else not self.models
+            if uncovered or not all(entry.mmproj for entry in self.models.values()):
+                raise ConfigError(f"{where}.mmproj must name the multimodal projector GGUF")
 
     def resolved_model(self) -> str:
         """The model path, with ``default`` resolved to the bundled small model."""
@@ -228,25 +256,6 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 
     def resolved_socket(self) -> Path:
         return Path(os.path.expanduser(self.socket or default_socket_path()))
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); ``ConfigError`` if malformed."""
-    host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"http_listen must be HOST:PORT (e.g. 127.0.0.1:8088), got {listen!r}")
-    return host, int(port_text)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_duration(key: str, seconds: float) -> None:

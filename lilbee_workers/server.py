@@ -33,12 +33,14 @@ from lilbee_workers.transport.error_frames import to_frame
 from lilbee_workers.transport.frames import (
     FINAL_REPLIES,
     AnyFrame,
+    LoadRequest,
     Request,
     RestartReply,
     RestartRequest,
     SocketRequest,
     StatusReply,
     StatusRequest,
+    UnloadRequest,
     role_of,
 )
 
@@ -254,9 +256,14 @@ class SocketServer:
             return self._send_quietly(
                 channel, StatusReply(id=frame.id, roles=self.supervisor.status())
             )
-        if isinstance(frame, RestartRequest):
+        if isinstance(frame, (RestartRequest, LoadRequest, UnloadRequest)):
             try:
-                roles = self.supervisor.restart(frame.role, frame.wait)
+                if isinstance(frame, RestartRequest):
+                    roles = self.supervisor.restart(frame.role, frame.wait)
+                elif isinstance(frame, LoadRequest):
+                    roles = self.supervisor.load(frame.role, frame.model)
+                else:
+                    roles = self.supervisor.unload(frame.role)
             except WorkerError as exc:
                 return self._send_quietly(channel, to_frame(exc, frame.id))
             return self._send_quietly(channel, RestartReply(id=frame.id, roles=roles))

@@ -11,7 +11,7 @@ import structlog
 from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
-from lilbee_workers.limits import check_request, check_timeout
+from lilbee_workers.limits import check_model, check_request, check_timeout
 from lilbee_workers.logs import configure_logging
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
@@ -157,6 +157,22 @@ class Supervisor(WorkerAPI):
             for event in done:
                 event.wait()
         return [self._dispatchers[name].status() for name in roles]
+
+    def load(self, role: str, model: str) -> list[RoleStatus]:
+        dispatcher = self._dispatcher(role)
+        check_model(role, model, self.config)
+        control = dispatcher.load(model)
+        control.done.wait()
+        if control.error is not None:
+            raise control.error
+        return [dispatcher.status()]
+
+    def unload(self, role: str) -> list[RoleStatus]:
+        dispatcher = self._dispatcher(role)
+        if dispatcher.config.standby:
+            raise InvalidRequest(f"{role} keeps a standby worker loaded; set standby = false")
+        dispatcher.unload().wait()
+        return [dispatcher.status()]
 
     def reload(self, config: SupervisorConfig) -> list[str]:
         """Apply a new config: restart (draining first) only the roles whose settings

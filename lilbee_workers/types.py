@@ -19,6 +19,8 @@ class RoleState(enum.StrEnum):
     CRASHED = "crashed"
     RESTARTING = "restarting"
     FAILED = "failed"
+    UNLOADED = "unloaded"
+    """No worker, by ``unload`` or ``keep_alive_s``: the next call loads the model."""
 
     @property
     def serving(self) -> bool:
@@ -54,6 +56,14 @@ class RoleStatus(msgspec.Struct):
     state: str
     pid: int | None = None
     model: str = ""
+    """The model file the worker serves (or will)."""
+    model_name: str = ""
+    """Its name, as requests name it."""
+    models: list[str] = msgspec.field(default_factory=list)
+    """Every model name the role serves; the default first."""
+    model_bytes: int = 0
+    idle_s: float = 0.0
+    """Seconds since the role last finished a call."""
     uptime_s: float = 0.0
     restarts: int = 0
     generation: int = 0

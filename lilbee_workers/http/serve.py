@@ -17,9 +17,10 @@ import structlog
 import uvicorn
 
 from lilbee_workers.api import WorkerAPI
-from lilbee_workers.config import SupervisorConfig, is_loopback, parse_listen
+from lilbee_workers.config import SupervisorConfig
 from lilbee_workers.errors import ConfigError
 from lilbee_workers.http.app import HttpFace
+from lilbee_workers.listen import is_loopback, parse_listen
 
 log = structlog.get_logger("lilbee_workers.http")
 

@@ -44,7 +44,8 @@ class MergedCall:
         self.role = parts[0].role
         requests = [part.request for part in parts]
         assert all(isinstance(r, EmbedRequest) for r in requests)
-        self.request: Request = EmbedBatchRequest(id=0, parts=requests)  # type: ignore[arg-type]
+        model = requests[0].model if isinstance(requests[0], EmbedRequest) else None
+        self.request: Request = EmbedBatchRequest(id=0, parts=requests, model=model)  # type: ignore[arg-type]
         self.expires_at: float | None = None  # each caller waits out its own deadline
         self.chunks_delivered = 0
         self.part_errors: list[bool] = []
@@ -123,7 +124,12 @@ def coalesce(call: Call, queue: RoleQueue, config: RoleConfig) -> Attempted:
     room = config.coalesce_max_items - items_of(call)
     if config.coalesce_wait_ms > 0 and room > 0:
         queue.wait_for_calls(config.coalesce_wait_ms / 1000.0)
-    more = queue.take_more(can_merge, items_of, room)
+    model = call.request.model if isinstance(call.request, EmbedRequest) else None
+
+    def same_model(other: Call) -> bool:
+        return can_merge(other) and getattr(other.request, "model", None) == model
+
+    more = queue.take_more(same_model, items_of, room)
     return MergedCall([call, *more]) if more else call
 
 

@@ -7,16 +7,14 @@ hot path); other calls are run by the dispatcher thread. Either way, every worke
 *started* on the dispatcher thread, which lives as long as the supervisor: Linux's
 parent-death signal follows the thread that forked, not the process.
 
-This module owns the queue-facing verbs and the dispatcher thread; bringing workers up
-and down is ``lifecycle``, one attempt's pipe protocol ``attempt``, the retry/backoff/
-circuit rules ``policy``, the counters ``stats``.
+Here: the queue-facing verbs and the dispatcher thread. Workers come and go in
+``lifecycle``; one attempt is ``attempt``; the retry rules ``policy``; counters ``stats``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -27,10 +25,19 @@ from lilbee_workers.logs import MAX_LOG_BYTES, role_log_path
 from lilbee_workers.parent import batch, policy
 from lilbee_workers.parent.attempt import Answered, run_attempt
 from lilbee_workers.parent.calls import Attempted, Call
+from lilbee_workers.parent.factory import process_factory
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
 from lilbee_workers.parent.lifecycle import RoleLifecycle
-from lilbee_workers.parent.process import WorkerProcess
-from lilbee_workers.parent.queue import Close, Control, Respawn, Restart, RoleQueue, WorkerExited
+from lilbee_workers.parent.queue import (
+    Close,
+    Control,
+    Load,
+    Respawn,
+    Restart,
+    RoleQueue,
+    Unload,
+    WorkerExited,
+)
 from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState, RoleStatus
@@ -57,10 +64,9 @@ class RoleDispatcher:
         self.stats = RoleStats()
         self.started = threading.Event()
         self.queue = RoleQueue(role, config.queue_size)
-        factory = new_worker or _process_factory(
-            role, self.log_path, max_frame_bytes, log_max_bytes
-        )
+        factory = new_worker or process_factory(role, self.log_path, max_frame_bytes, log_max_bytes)
         self.life = RoleLifecycle(role, config, self.log_path, self.queue, self.stats, factory)
+        self.queue.prefer = self._needs_no_switch
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{role}", daemon=True)
 
     @property
@@ -100,9 +106,23 @@ class RoleDispatcher:
         like ``submit`` (so a caller with a timeout gets ``WorkerTimeout`` at its own
         deadline, while the dispatcher thread winds the worker down). Returns the call."""
         call = Call(self.role, request, timeout)
-        if self.queue.enqueue(call, block_s, self._refusal, hold_if_idle=timeout is None):
+        hold = timeout is None and self._needs_no_switch(call)
+        if self.queue.enqueue(call, block_s, self._refusal, hold_if_idle=hold):
             self._serve(call)
         return call
+
+    def load(self, model: str) -> Load:
+        """Make ``model`` the default and load it once the call in flight is done; wait
+        on the control's ``done``, then read its ``error``."""
+        control = Load(model)
+        self.queue.post(control)
+        return control
+
+    def unload(self) -> threading.Event:
+        """Stop the worker once the call in flight is done, freeing its memory."""
+        control = Unload()
+        self.queue.post(control)
+        return control.done
 
     def _refusal(self) -> WorkerError | None:
         """Why no call is taken now (a failed role cooling down), or None."""
@@ -134,10 +154,6 @@ class RoleDispatcher:
             self._thread.join(10)
         return not self._thread.is_alive()
 
-    @property
-    def restarts(self) -> int:
-        return self.stats.restarts
-
     def healthy(self) -> bool:
         """The dispatcher (and standby) thread runs, and the current worker is watched."""
         worker, standby = self.worker, self.life.standby
@@ -147,21 +163,12 @@ class RoleDispatcher:
     def status(self) -> RoleStatus:
         """A snapshot, safe from any thread (queue and counters are read under their locks)."""
         queued, in_flight = self.queue.counts()
-        life = self.life
-        state, worker, standby = life.state, life.worker, life.standby
-        ready = worker.ready if worker is not None else None
         return RoleStatus(
             role=self.role,
-            state=state.value,
-            model=life.model_path or life.config.model,
-            generation=life.generation,
-            last_exit=life.failed_reason if state == RoleState.FAILED else life.last_exit,
             in_flight=in_flight,
             queued=queued,
             log_path=str(self.log_path),
-            chat_template=ready.chat_template if ready is not None else None,
-            standby_pid=standby.pid() if standby is not None else None,
-            **(worker.vitals() if worker is not None and state.serving else {}),
+            **self.life.status_fields(),
             **self.stats.counts(),
         )
 
@@ -177,7 +184,13 @@ class RoleDispatcher:
             self.started.set()
             self.queue.release()
         while True:
-            item = self.queue.next_item()
+            idle = self.life.idle_timeout()
+            if idle is not None and self.queue.counts()[1]:  # a caller's thread runs a call
+                idle = self.config.keep_alive_s
+            item = self.queue.next_item(idle)
+            if item is None:
+                self._unload_if_idle()
+                continue
             try:
                 if isinstance(item, Close):
                     self._shut_down()
@@ -197,19 +210,15 @@ class RoleDispatcher:
         """One step of the dispatcher thread. Every waiter is released even if it fails."""
         if isinstance(item, Respawn):  # asked by the call holding the role
             try:
-                item.ok = self.life.has_live_worker() or self.life.start_worker(after_crash=True)
+                self.life.respawn(item)
             finally:
                 item.done.set()
-        elif isinstance(item, Restart):
+        elif isinstance(item, (Load, Unload, Restart, WorkerExited)):
             try:
-                self.life.graceful_restart(item)
+                self.life.apply(item)
             finally:
-                item.done.set()
-                self.queue.release()
-        elif isinstance(item, WorkerExited):
-            try:
-                self.life.on_idle_exit(item.worker)
-            finally:
+                if not isinstance(item, WorkerExited):
+                    item.done.set()
                 self.queue.release()
         elif isinstance(item, Call):
             self._serve(batch.coalesce(item, self.queue, self.config))
@@ -222,6 +231,8 @@ class RoleDispatcher:
         try:
             if call.cancelled:
                 call.fail(call.cancelled_error())
+            elif (switch_failed := self._ensure_model(call)) is not None:
+                self._give_up(call, switch_failed)
             elif not self._ensure_worker():
                 self._give_up(call, self.life.unavailable())
             else:
@@ -230,6 +241,7 @@ class RoleDispatcher:
             elapsed_ms = (time.monotonic() - started) * 1000.0
             for _ in getattr(call, "parts", (call,)):
                 self.stats.latency(elapsed_ms)
+            self.life.last_used = time.monotonic()
             self.queue.release()
 
     def _run_call(self, call: Attempted) -> None:
@@ -272,7 +284,7 @@ class RoleDispatcher:
             call.retried = True
             self.stats.retrying()
             log.warning("retrying call on a fresh worker", role=self.role, reason=reason)
-            if not self._respawn():
+            if not self._respawn().ok:
                 self._give_up(call, self.life.unavailable())
                 return
 
@@ -282,6 +294,32 @@ class RoleDispatcher:
 
     # ------------------------------------------------------------------ workers
 
+    def _needs_no_switch(self, call: Call) -> bool:
+        """Whether the loaded worker serves the model ``call`` wants."""
+        life = self.life
+        return life.worker is not None and life.wanted(call.request) == life.model_name
+
+    def _ensure_model(self, call: Attempted) -> WorkerError | None:
+        """Switch to the model ``call`` wants (or load it after an unload), on the
+        dispatcher thread; the error if it cannot load (the old model serves again)."""
+        life = self.life
+        wanted = life.wanted(call.request)
+        if life.state == RoleState.FAILED:
+            return None  # _ensure_worker answers for a failed role
+        if wanted == life.model_name and life.state != RoleState.UNLOADED:
+            return None
+        return self._respawn(wanted).error
+
+    def _unload_if_idle(self) -> None:
+        """``keep_alive_s`` ran out with no call: free the model's memory."""
+        idle = self.life.idle_timeout()
+        if idle is not None and idle <= 0 and self.queue.hold_if_idle():
+            try:
+                log.info("unloading idle model", role=self.role, model=self.life.model_name)
+                self.life.unload()
+            finally:
+                self.queue.release()
+
     def _ensure_worker(self) -> bool:
         life = self.life
         if life.worker is not None and life.state.serving:
@@ -290,17 +328,18 @@ class RoleDispatcher:
             return False
         if life.state == RoleState.FAILED:
             life.policy.reset()  # the cool-down is over: a fresh series of tries
-        return self._respawn()
+        return self._respawn().ok
 
-    def _respawn(self) -> bool:
-        """A fresh worker after a crash, started on the dispatcher thread (whichever
-        thread is asking). False when the role is failed or closing."""
+    def _respawn(self, model: str | None = None) -> Respawn:
+        """A fresh worker after a crash, or one serving ``model``, started on the
+        dispatcher thread whichever thread asks (``ok`` False: the role failed)."""
+        control = Respawn(model=model)
         if threading.current_thread() is self._thread:
-            return self.life.start_worker(after_crash=True)
-        control = Respawn()
-        self.queue.post(control)
-        control.done.wait()
-        return control.ok
+            self.life.respawn(control)
+        else:
+            self.queue.post(control)
+            control.done.wait()
+        return control
 
     def _shut_down(self) -> None:
         for call in self.queue.take_calls():
@@ -309,30 +348,3 @@ class RoleDispatcher:
             if isinstance(control, (Restart, Respawn)):
                 control.done.set()
         self.life.shut_down()
-
-
-def _process_factory(
-    role: str, log_path: Path, max_frame_bytes: int, log_max_bytes: int
-) -> WorkerFactory:
-    """Real worker processes."""
-
-    def new_worker(
-        config: RoleConfig,
-        model_path: str,
-        generation: int,
-        on_exit: Callable[[WorkerHandle], None],
-        warm_up: bool,
-    ) -> WorkerHandle:
-        return WorkerProcess(
-            role,
-            config,
-            model_path,
-            log_path,
-            generation,
-            max_frame_bytes,
-            on_exit=on_exit,
-            log_max_bytes=log_max_bytes,
-            warm_up=warm_up,
-        )
-
-    return new_worker

@@ -9,20 +9,24 @@ call it runs. Other threads only read snapshots (``status``).
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
+from lilbee_workers import catalog
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import ConfigError, WorkerUnavailable
+from lilbee_workers.errors import ConfigError, ModelError, WorkerUnavailable
 from lilbee_workers.parent import policy
 from lilbee_workers.parent.attempt import Lost
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
 from lilbee_workers.parent.policy import RestartPolicy, StartFailed
-from lilbee_workers.parent.queue import Restart, RoleQueue, WorkerExited
+from lilbee_workers.parent.queue import Load, Respawn, Restart, RoleQueue, Unload, WorkerExited
 from lilbee_workers.parent.standby import Standby
 from lilbee_workers.parent.stats import RoleStats
+from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState
 
 log = structlog.get_logger("lilbee_workers.lifecycle")
@@ -56,6 +60,13 @@ class RoleLifecycle:
         self.failed_reason = ""
         self.failed_log_tail = ""
         self.last_exit = ""
+        self.default_model = catalog.default_name(config)
+        self.model_name = self.default_model
+        """The model the current worker serves (or the next one will)."""
+        self._broken: dict[str, tuple[float, ModelError]] = {}
+        """Models that failed to load, until when their error is answered at once."""
+        self.last_used = time.monotonic()
+        """When the role last finished a call (for ``keep_alive_s``)."""
 
     def start_standby(self) -> None:
         """Keep a loaded spare beside the worker (``standby = true``)."""
@@ -101,7 +112,7 @@ class RoleLifecycle:
                     "",
                 )
                 return False
-            spare = self.standby.take() if self.standby is not None else None
+            spare = self._take_spare()
             if spare is not None:  # hot standby: no load to wait for
                 self.worker, self.generation = spare, spare.generation
                 self.state = RoleState.READY
@@ -149,16 +160,126 @@ class RoleLifecycle:
         spare.start(abandon=lambda: self.queue.closing)
         return spare
 
+    def _take_spare(self) -> WorkerHandle | None:
+        """The standby's spare, if it serves the model wanted now."""
+        spare = self.standby.take() if self.standby is not None else None
+        if spare is not None and spare.model_path != self._worker_config().resolved_model():
+            spare.stop(self.config.cancel_grace_s)  # loaded for another model
+            return None
+        return spare
+
+    def _worker_config(self) -> RoleConfig:
+        return catalog.config_for(self.config, self.model_name)
+
     def _make_worker(self, warm_up: bool) -> WorkerHandle:
         """A worker for this role, not started yet; ``StartFailed`` if its model is missing."""
-        model_path = self.config.resolved_model()
+        worker_config = self._worker_config()
+        model_path = worker_config.resolved_model()
         if not Path(model_path).is_file():
             raise StartFailed(f"model file not found: {model_path}", crashed=False)
 
         def on_exit(gone: WorkerHandle) -> None:
             self.queue.post(WorkerExited(gone))
 
-        return self._new_worker(self.config, model_path, next(self._generations), on_exit, warm_up)
+        generation = next(self._generations)
+        return self._new_worker(worker_config, model_path, generation, on_exit, warm_up)
+
+    # ------------------------------------------------------------------ models
+
+    def wanted(self, request: Request) -> str:
+        """The model a request is for: the one it names, else the role's default."""
+        return getattr(request, "model", None) or self.default_model
+
+    def idle_timeout(self) -> float | None:
+        """Seconds until ``keep_alive_s`` unloads the idle model (<= 0: now); None when
+        it never will."""
+        if not self.config.keep_alive_s or self.worker is None:
+            return None
+        return self.last_used + self.config.keep_alive_s - time.monotonic()
+
+    def status_fields(self) -> dict[str, Any]:
+        """The ``RoleStatus`` fields this object owns (each read once: a snapshot)."""
+        state, worker, standby = self.state, self.worker, self.standby
+        ready = worker.ready if worker is not None else None
+        path = self.model_path or self._worker_config().resolved_model()
+        return {
+            "state": state.value,
+            "model": path,
+            "model_name": self.model_name,
+            "models": catalog.names(self.config),
+            "model_bytes": _file_size(path),
+            "idle_s": round(max(0.0, time.monotonic() - self.last_used), 3),
+            "generation": self.generation,
+            "last_exit": self.failed_reason if state == RoleState.FAILED else self.last_exit,
+            "chat_template": ready.chat_template if ready is not None else None,
+            "standby_pid": standby.pid() if standby is not None else None,
+            **(worker.vitals() if worker is not None and state.serving else {}),
+        }
+
+    def respawn(self, control: Respawn) -> None:
+        """A fresh worker after a crash, or (``control.model``) one serving that model."""
+        if control.model is not None:
+            control.error = self.load(control.model)
+            control.ok = control.error is None
+        else:
+            control.ok = self.has_live_worker() or self.start_worker(after_crash=True)
+
+    def apply(self, control: Load | Unload | Restart | WorkerExited) -> None:
+        """Lifecycle work asked for while nothing ran: load, unload, restart, or a
+        worker that died between calls."""
+        if isinstance(control, Load):
+            control.error = self.load(control.model)
+            if control.error is None:
+                self.default_model = control.model
+        elif isinstance(control, Unload):
+            self.unload()
+        elif isinstance(control, Restart):
+            self.graceful_restart(control)
+        else:
+            self.on_idle_exit(control.worker)
+
+    def load(self, name: str) -> ModelError | None:
+        """Serve model ``name``: replace the worker, or start one if there is none. If it
+        cannot load, the model that served before comes back and the reason is returned
+        (and answered at once for ``failed_cooldown_s``: no caller waits on a doomed load)."""
+        broken = self._broken.get(name)
+        if broken is not None and broken[0] > time.monotonic():
+            return broken[1]
+        previous = self.model_name if self.worker is not None else None
+        self.unload()
+        self.model_name, self.state = name, RoleState.STARTING
+        try:
+            self.worker = self._spawn_once()
+        except Exception as exc:  # StartFailed, or EMFILE and the like
+            error = self._load_failed(name, exc)
+            if previous is None:
+                self.model_name, self.state = self.default_model, RoleState.UNLOADED
+            else:
+                self.model_name = previous
+                self.start_worker(after_crash=False)
+            return error
+        self._broken.pop(name, None)
+        self.state, self.failed_reason = RoleState.READY, ""
+        return None
+
+    def _load_failed(self, name: str, exc: Exception) -> ModelError:
+        message = exc.message if isinstance(exc, StartFailed) else repr(exc)
+        error = ModelError(
+            f"{self.role}: cannot load model {name!r}: {message}",
+            role=self.role,
+            log_path=str(self.log_path),
+            log_tail=exc.log_tail if isinstance(exc, StartFailed) else "",
+        )
+        self._broken[name] = (time.monotonic() + self.config.failed_cooldown_s, error)
+        log.error("model failed to load", role=self.role, model=name, reason=message)
+        return error
+
+    def unload(self) -> None:
+        """Stop the worker (its memory is freed); the next call loads a model again."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.stop(self.config.cancel_grace_s)
+        self.state = RoleState.UNLOADED
 
     # ------------------------------------------------------------------ go away
 
@@ -191,6 +312,10 @@ class RoleLifecycle:
             self.config = control.config
             self.policy = RestartPolicy(control.config)
             self.queue.size = control.config.queue_size
+            self.default_model = catalog.default_name(control.config)
+            if self.model_name not in catalog.names(control.config):
+                self.model_name = self.default_model
+            self._broken.clear()
         else:
             self.policy.reset()
         self.state = RoleState.DRAINING
@@ -219,3 +344,10 @@ class RoleLifecycle:
         if self.standby is not None:
             self.standby.close()
         self.state = RoleState.STOPPED
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -29,11 +29,29 @@ class Restart:
 
 @dataclass
 class Respawn:
-    """A call holding the role lost its worker and needs a fresh one (served at once:
-    its caller already holds the role)."""
+    """A call holding the role needs a fresh worker: its own died, or (``model``) it
+    wants another model. Served at once: its caller already holds the role."""
 
+    model: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
+    error: WorkerError | None = None
+
+
+@dataclass
+class Load:
+    """Make ``model`` the role's default and load it now."""
+
+    model: str
+    done: threading.Event = field(default_factory=threading.Event)
+    error: WorkerError | None = None
+
+
+@dataclass
+class Unload:
+    """Stop the role's worker to free its memory."""
+
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Close:
@@ -47,7 +65,10 @@ class WorkerExited:
     worker: WorkerHandle
 
 
-Control = Restart | Respawn | Close | WorkerExited
+Control = Restart | Respawn | Load | Unload | Close | WorkerExited
+
+GROUP_PATIENCE_S = 2.0
+"""How long the oldest call may wait while calls for the loaded model go first."""
 
 _LIFECYCLE = object()
 
@@ -66,6 +87,9 @@ class RoleQueue:
         # the start so that no call runs before the first worker is up.
         self._holder: object | None = _LIFECYCLE
         self._room_waiters = 0  # callers waiting for room in a full queue
+        self.prefer: Callable[[Call], bool] = lambda call: True
+        """Calls the worker serves without a model switch: they go first, for up to
+        ``GROUP_PATIENCE_S`` of the oldest call's wait (set by the dispatcher)."""
 
     # ------------------------------------------------------------------ callers
 
@@ -138,9 +162,11 @@ class RoleQueue:
 
     # ------------------------------------------------------------------ dispatcher thread
 
-    def next_item(self) -> Control | Call:
+    def next_item(self, timeout: float | None = None) -> Control | Call | None:
         """The next control (a respawn at once, others once nothing holds the role),
-        else the next queued call, which then holds the role."""
+        else the next queued call, which then holds the role; None after ``timeout``
+        seconds with nothing to do."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while True:
                 for control in self._controls:
@@ -153,12 +179,34 @@ class RoleQueue:
                         self._holder = _LIFECYCLE
                     return control
                 if self._calls and self._holder is None and not self._controls:
-                    call = self._calls.popleft()
+                    call = self._pick()
                     self._holder = call
                     if self._room_waiters:
                         self.cond.notify_all()  # room in the queue
                     return call
-                self.cond.wait()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self.cond.wait(remaining)
+
+    def hold_if_idle(self) -> bool:
+        """Take the role for lifecycle work if nothing holds it and nothing waits."""
+        with self.cond:
+            if self._holder is None and not self._calls and not self._controls:
+                self._holder = _LIFECYCLE
+                return True
+            return False
+
+    def _pick(self) -> Call:
+        """The oldest call, unless it needs a model switch, has waited less than
+        ``GROUP_PATIENCE_S``, and a later call can use the loaded model."""
+        oldest = self._calls[0]
+        if not self.prefer(oldest) and time.monotonic() - oldest.enqueued_at < GROUP_PATIENCE_S:
+            for call in self._calls:
+                if self.prefer(call):
+                    self._calls.remove(call)
+                    return call
+        return self._calls.popleft()
 
     def release(self) -> None:
         """Free the role for the next call or control."""

@@ -37,6 +37,7 @@ class EmbedRequest(Frame, tag="embed"):
     texts: list[str]
     normalize: bool = True
     truncate: bool = False
+    model: str | None = None  # a name from the role's models; None: its default
 
 
 class ChatRequest(Frame, tag="chat"):
@@ -49,6 +50,7 @@ class ChatRequest(Frame, tag="chat"):
     top_p: float = 0.95
     stop: list[str] = msgspec.field(default_factory=list)
     seed: int | None = None
+    model: str | None = None  # a name from the role's models; None: its default
 
 
 class CompleteRequest(Frame, tag="complete"):
@@ -62,6 +64,7 @@ class CompleteRequest(Frame, tag="complete"):
     top_p: float = 0.95
     stop: list[str] = msgspec.field(default_factory=list)
     seed: int | None = None
+    model: str | None = None  # a name from the role's models; None: its default
 
 
 class RerankRequest(Frame, tag="rerank"):
@@ -73,6 +76,7 @@ class RerankRequest(Frame, tag="rerank"):
     top_n: int | None = None
     return_documents: bool = False
     truncate: bool = False
+    model: str | None = None  # a name from the role's models; None: its default
 
 
 class VisionRequest(Frame, tag="vision"):
@@ -84,6 +88,7 @@ class VisionRequest(Frame, tag="vision"):
     max_tokens: int | None = None
     temperature: float = 0.0
     seed: int | None = None
+    model: str | None = None  # a name from the role's models; None: its default
 
 
 class NoopRequest(Frame, tag="noop"):
@@ -170,6 +175,7 @@ class EmbedBatchRequest(Frame, tag="embed_batch"):
 
     id: int
     parts: list[EmbedRequest]
+    model: str | None = None
 
 
 class EmbedBatchResult(Frame, tag="embed_batch_result"):
@@ -289,10 +295,25 @@ class RestartRequest(Frame, tag="restart"):
 
 
 class RestartReply(Frame, tag="restart_result"):
-    """The roles restarted and their states afterwards."""
+    """Answer to restart, load and unload: the roles concerned, as they are now."""
 
     id: int
     roles: list[RoleStatus]
+
+
+class LoadRequest(Frame, tag="load"):
+    """Make ``model`` the role's default and load it now."""
+
+    id: int
+    role: str
+    model: str
+
+
+class UnloadRequest(Frame, tag="unload"):
+    """Stop the role's worker to free its memory; the next call loads the model again."""
+
+    id: int
+    role: str
 
 
 Request = (
@@ -307,7 +328,7 @@ Request = (
 )
 """Work for a role's worker."""
 
-ControlRequest = StatusRequest | RestartRequest
+ControlRequest = StatusRequest | RestartRequest | LoadRequest | UnloadRequest
 """What only the daemon answers."""
 
 
@@ -342,7 +363,7 @@ HealthCommand = Ping | Cancel | Shutdown
 HealthReport = Pong | ShutdownAck | LogRecord
 """Worker's heartbeat thread -> supervisor."""
 
-SocketRequest = SocketCall | StatusRequest | RestartRequest
+SocketRequest = SocketCall | ControlRequest
 """Client -> daemon."""
 
 SocketReply = (
