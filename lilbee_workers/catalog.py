@@ -24,7 +24,9 @@ def name_of_path(path: str) -> str:
 def entries(config: RoleConfig) -> dict[str, ModelEntry]:
     """Every model the role serves, by name (the default first)."""
     named = dict(config.models)
-    if config.model and config.model not in named:
+    if config.model in named:  # the default first
+        return {config.model: named[config.model], **named}
+    if config.model:
         path = config.model
         if path == "default":
             from lilbee_workers.models import default_model_path

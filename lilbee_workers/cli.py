@@ -113,8 +113,54 @@ def status(
         print(statuses_json(statuses))
     else:
         Console().print(status_table(statuses))
-    if any(s.state not in ("ready", "busy") for s in statuses):
+    if any(s.state not in SERVING for s in statuses):
         raise typer.Exit(EXIT_NOT_READY)
+
+
+@app.command()
+def models(
+    socket_path: SocketOption = None, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """List each role's model names: the default first, the loaded one marked."""
+    from lilbee_workers.output import model_lines, statuses_json
+
+    with daemon(socket_path, config, as_json) as client:
+        statuses = client.status()
+    print(statuses_json(statuses) if as_json else "\n".join(model_lines(statuses)))
+
+
+@app.command()
+def load(
+    role: Annotated[str, typer.Argument(help="A configured role (embed, chat, ...).")],
+    model: Annotated[str, typer.Argument(help="One of the role's model names (see `models`).")],
+    socket_path: SocketOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make MODEL the role's default and load it now (after the call in flight).
+
+    If it cannot load, the model that served before serves on and the exit code is 1.
+    """
+    from lilbee_workers.output import model_lines, statuses_json
+
+    with daemon(socket_path, config, as_json) as client:
+        statuses = client.load(role, model)
+    print(statuses_json(statuses) if as_json else "\n".join(model_lines(statuses)))
+
+
+@app.command()
+def unload(
+    role: Annotated[str, typer.Argument(help="A configured role (embed, chat, ...).")],
+    socket_path: SocketOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop the role's worker to free its memory; the next call loads the model again."""
+    from lilbee_workers.output import model_lines, statuses_json
+
+    with daemon(socket_path, config, as_json) as client:
+        statuses = client.unload(role)
+    print(statuses_json(statuses) if as_json else "\n".join(model_lines(statuses)))
 
 
 @app.command()
@@ -142,7 +188,7 @@ def restart(
         print(statuses_json(statuses, waited=wait))
     else:
         print("\n".join(restart_lines(statuses, waited=wait)))
-    if wait and any(s.state not in ("ready", "busy") for s in statuses):
+    if wait and any(s.state not in SERVING for s in statuses):
         raise typer.Exit(EXIT_NOT_READY)
 
 
@@ -165,6 +211,9 @@ def doctor(
     if any(f.level == "error" for f in findings):
         raise typer.Exit(EXIT_ERROR)
 
+
+SERVING = ("ready", "busy", "unloaded")
+"""States of a role that takes calls (an unloaded one loads its model on the next)."""
 
 for command in cli_roles.COMMANDS:
     app.command()(command)

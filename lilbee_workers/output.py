@@ -42,7 +42,7 @@ def status_table(statuses: list[RoleStatus]) -> Table:
             s.role,
             s.state,
             str(s.pid or "-"),
-            Path(s.model).stem,
+            s.model_name or Path(s.model).stem,
             _duration(s.uptime_s),
             str(s.restarts),
             f"{s.in_flight}+{s.queued}",
@@ -90,6 +90,18 @@ def restart_lines(statuses: list[RoleStatus], waited: bool) -> list[str]:
             reason = f": {s.last_exit}" if s.last_exit else ""
             log = existing_log(s.log_path)
             lines.append(f"{s.role}: {s.state}{reason}" + (f" (worker log: {log})" if log else ""))
+    return lines
+
+
+def model_lines(statuses: list[RoleStatus]) -> list[str]:
+    """Per role: its model names, the default first, the one loaded marked."""
+    lines = []
+    for s in statuses:
+        loaded = s.model_name if s.pid else ""
+        names = [f"{name} (loaded, {_size(s.model_bytes)})" if name == loaded else name
+                 for name in s.models]  # fmt: skip
+        idle = f"; idle {_duration(s.idle_s)}" if s.pid and not s.in_flight else ""
+        lines.append(f"{s.role}: {', '.join(names) or '-'} [{s.state}{idle}]")
     return lines
 
 

@@ -34,7 +34,7 @@ from lilbee_workers.transport.frames import EmbedRequest, EmbedResult
 from lilbee_workers.types import RoleState
 
 B = TypeVar("B")
-_SERVING = {RoleState.READY.value, RoleState.BUSY.value}
+_SERVING = {RoleState.READY.value, RoleState.BUSY.value, RoleState.UNLOADED.value}
 _DEFAULT_TEMPERATURE = 0.8  # llama.cpp's server default (OpenAI's is 1.0)
 
 
@@ -67,9 +67,9 @@ class HttpFace:
 
     async def embeddings(self, request: Request) -> Response:
         body = await self._body(request, EmbeddingsBody)
-        model = self._model("embed", body.model)
+        model, wanted = self._model("embed", body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        embed = EmbedRequest(id=0, texts=texts)
+        embed = EmbedRequest(id=0, texts=texts, model=wanted)
         frame = await asyncio.to_thread(self.api._final, "embed", embed, None)
         if not isinstance(frame, EmbedResult):
             raise ProtocolError(f"expected embeddings, got {type(frame).__name__}")
@@ -88,16 +88,17 @@ class HttpFace:
         temperature = _DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
         image = shapes.image_of(body.messages)
         if image is not None:
-            model = self._model("vision", body.model)
+            model, wanted = self._model("vision", body.model)
             stream = await self.aio.vision(
                 image,
                 shapes.last_user_text(body.messages) or None,
                 max_tokens=max_tokens if max_tokens is not None else 256,
                 temperature=temperature,
                 seed=body.seed,
+                model=wanted,
             )
         else:
-            model = self._model("chat", body.model)
+            model, wanted = self._model("chat", body.model)
             stream = await self.aio.chat(
                 [{"role": m.role, "content": shapes.text_of(m)} for m in body.messages],
                 max_tokens=max_tokens,
@@ -105,6 +106,7 @@ class HttpFace:
                 top_p=0.95 if body.top_p is None else body.top_p,
                 stop=shapes.stops(body.stop),
                 seed=body.seed,
+                model=wanted,
             )
         return await self._answer(stream, model, chat=True, streaming=body.stream)
 
@@ -112,7 +114,7 @@ class HttpFace:
         body = await self._body(request, CompletionBody)
         shapes.one_choice(body.n)
         prompt = body.prompt if isinstance(body.prompt, str) else shapes.single(body.prompt)
-        model = self._model("chat", body.model)
+        model, wanted = self._model("chat", body.model)
         stream = await self.aio.complete(
             prompt,
             max_tokens=body.max_tokens,
@@ -120,15 +122,20 @@ class HttpFace:
             top_p=0.95 if body.top_p is None else body.top_p,
             stop=shapes.stops(body.stop),
             seed=body.seed,
+            model=wanted,
         )
         return await self._answer(stream, model, chat=False, streaming=body.stream)
 
     async def rerank(self, request: Request) -> Response:
         body = await self._body(request, RerankBody)
-        model = self._model("rerank", body.model)
+        model, wanted = self._model("rerank", body.model)
         documents = [d if isinstance(d, str) else d.text for d in body.documents]
         items = await self.aio.rerank(
-            body.query, documents, top_n=body.top_n, return_documents=body.return_documents
+            body.query,
+            documents,
+            top_n=body.top_n,
+            return_documents=body.return_documents,
+            model=wanted,
         )
         results: list[dict[str, Any]] = []
         for item in items:
@@ -141,7 +148,8 @@ class HttpFace:
     async def models(self, request: Request) -> Response:
         served: dict[str, list[str]] = {}
         for status in self.api.status():
-            served.setdefault(metrics.model_name(status.model), []).append(status.role)
+            for name in status.models or [metrics.model_name(status.model)]:
+                served.setdefault(name, []).append(status.role)
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "lilbee-workers", "roles": r}
             for name, r in served.items()
@@ -176,18 +184,21 @@ class HttpFace:
         except msgspec.DecodeError as exc:
             raise HttpError(400, f"request body is not JSON: {exc}", "invalid_json") from None
 
-    def _model(self, role: str, requested: str | None) -> str:
-        """The name of the model ``role`` serves; 404 when ``requested`` names another."""
+    def _model(self, role: str, requested: str | None) -> tuple[str, str | None]:
+        """(the name the answer reports, the model to ask the role for: None for its
+        default); 404 when ``requested`` is not one of the role's models."""
         status = {s.role: s for s in self.api.status()}.get(role)
         if status is None:
             raise HttpError(404, f"no {role} role is configured", "model_not_found", "model")
-        name = metrics.model_name(status.model)
-        if requested in (None, "", role, name):
-            return name
+        if requested in (None, "", role):
+            default = status.models[0] if status.models else metrics.model_name(status.model)
+            return default, None
+        if requested in status.models:
+            return requested, requested
         raise HttpError(
             404,
-            f"model {requested!r} is not served here for {role} (it serves {name!r}; "
-            "GET /v1/models lists them)",
+            f"model {requested!r} is not served here for {role} (it serves "
+            f"{', '.join(map(repr, status.models))}; GET /v1/models lists them)",
             "model_not_found",
             "model",
         )

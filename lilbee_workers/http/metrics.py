@@ -63,7 +63,7 @@ class StatusCollector(Collector):
             "lilbee_role_state", "1 for the role's current state.", labels=[*_LABELS, "state"]
         )
         for status in roles:
-            labels = [status.role, model_name(status.model)]
+            labels = [status.role, status.model_name or model_name(status.model)]
             requests.add_metric([*labels, "ok"], status.served)
             requests.add_metric([*labels, "error"], status.errors)
             latency.add_metric(

@@ -139,6 +139,7 @@ class RoleLifecycle:
             return False
         self.state = RoleState.READY
         self.failed_reason = ""
+        self.last_used = time.monotonic()  # keep-alive counts from when it is up
         return True
 
     def _spawn_once(self) -> WorkerHandle:
@@ -206,7 +207,8 @@ class RoleLifecycle:
             "state": state.value,
             "model": path,
             "model_name": self.model_name,
-            "models": catalog.names(self.config),
+            "models": [self.default_model]
+            + [n for n in catalog.names(self.config) if n != self.default_model],
             "model_bytes": _file_size(path),
             "idle_s": round(max(0.0, time.monotonic() - self.last_used), 3),
             "generation": self.generation,
@@ -260,6 +262,7 @@ class RoleLifecycle:
             return error
         self._broken.pop(name, None)
         self.state, self.failed_reason = RoleState.READY, ""
+        self.last_used = time.monotonic()
         return None
 
     def _load_failed(self, name: str, exc: Exception) -> ModelError:
