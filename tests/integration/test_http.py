@@ -202,6 +202,8 @@ def test_bad_requests_are_400_and_unknown_models_404(http: HttpDaemon) -> None:
     with pytest.raises(openai.NotFoundError, match="GET /v1/models lists them") as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):  # a path is never a model name
+        client.embeddings.create(model="/etc/passwd", input="x")
     response = httpx.post(http.url + "/v1/embeddings", content=b"{not json")
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
 
