@@ -4,6 +4,7 @@ to stdout as ``{"error": {"kind": ..., "message": ...}}``, with the same exit co
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -71,12 +72,14 @@ def serve(
 
     Runs until SIGTERM or Ctrl-C. SIGHUP reloads the config file, restarting only
     roles whose settings changed. Without --config: embed + chat on the bundled
-    gemma 3 270M.
+    gemma 3 270M. While the models load, stderr shows each role's progress (a bar on a
+    terminal, plain lines otherwise; none with JSON logs).
     """
     from lilbee_workers.config import default_config
     from lilbee_workers.daemon import Daemon
     from lilbee_workers.errors import ConfigError
     from lilbee_workers.logs import configure_logging
+    from lilbee_workers.progress import view_for
 
     try:
         settings = load_settings(config) or default_config()
@@ -84,8 +87,13 @@ def serve(
             import msgspec
 
             settings = msgspec.structs.replace(settings, http_listen=http).validate()
-        configure_logging(settings.log_level, "json" if json_logs else settings.log_format)
-        code = Daemon(settings, config_path=config, socket_path=socket_path).run()
+        log_format = "json" if json_logs else settings.log_format
+        configure_logging(settings.log_level, log_format)
+        # JSON logs are for machines: no progress lines among them.
+        progress = None if log_format == "json" else view_for(sys.stderr, ends=True)
+        code = Daemon(
+            settings, config_path=config, socket_path=socket_path, progress=progress
+        ).run()
     except ConfigError as exc:
         say_error(f"invalid config: {exc}")
         raise typer.Exit(EXIT_ERROR) from None
@@ -176,14 +184,19 @@ def restart(
     """Gracefully restart a role, or all; clears a failed state.
 
     Drains the role's calls, stops its worker and starts a fresh one. With --wait
-    (default): prints each role's new pid, or why it did not come back, and exits 3 if
+    (default): shows each role's load on stderr (a bar on a terminal, plain lines
+    otherwise), then prints its new pid, or why it did not come back, and exits 3 if
     some role is not ready. With --no-wait: prints that the restart was requested
     (`status` shows progress); --json then shows the states from before it.
     """
     from lilbee_workers.output import restart_lines, statuses_json
+    from lilbee_workers.progress import restart_watching, view_for
 
     with daemon(socket_path, config, as_json) as client:
-        statuses = client.restart(role, wait=wait)
+        if wait and not as_json:
+            statuses = restart_watching(client, role, view_for(sys.stderr, ends=False))
+        else:
+            statuses = client.restart(role, wait=wait)
     if as_json:
         print(statuses_json(statuses, waited=wait))
     else:

@@ -27,6 +27,7 @@ from lilbee_workers.systemd import Notifier, watchdog_interval
 
 if TYPE_CHECKING:
     from lilbee_workers.http.serve import HttpServer
+    from lilbee_workers.progress import LoadView
 
 __all__ = ["Daemon", "DaemonSetupError"]
 
@@ -43,8 +44,11 @@ class Daemon:
         *,
         config_path: Path | None = None,
         socket_path: Path | None = None,
+        progress: LoadView | None = None,
     ) -> None:
+        """``progress``: where to show the roles' first loads (``serve`` on a terminal)."""
         self.config = config
+        self.progress = progress
         self.config_path = config_path
         self.socket_path = socket_path or config.resolved_socket()
         self.socket_gid = socket_group_id(config.socket_group)
@@ -77,10 +81,13 @@ class Daemon:
             listener.close()
             self.socket_path.unlink(missing_ok=True)
             raise
-        self.supervisor.start()
+        # The socket answers while the models load: `status` shows how far each has come
+        # (calls wait in their role's queue until it is ready).
+        self.supervisor.start(wait=False)
         self.server.start()
         if self.http is not None:
             self.http.start()
+        self._await_roles()
         status = self._status_line()
         self.notifier.ready(status)
         self._last_status = status
@@ -104,6 +111,19 @@ class Daemon:
         finally:
             self._shut_down()
         return 0
+
+    def _await_roles(self) -> None:
+        """Until every role's first worker is ready or failed, or a stop signal came."""
+
+        def over(timeout: float) -> bool:
+            return self.supervisor.wait_started(timeout) or self._stop.is_set()
+
+        if self.progress is not None:
+            from lilbee_workers.progress import watch_loads
+
+            watch_loads(self.supervisor.status, over, self.progress)
+        while not over(1.0):
+            pass
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:

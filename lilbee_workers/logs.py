@@ -12,9 +12,20 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO, cast
 
 import structlog
+
+
+class _Stderr:
+    """``sys.stderr`` as it is at each write: a progress display (``serve`` on a
+    terminal) stands in for it a while, so log lines print above its bars."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(
@@ -39,11 +50,11 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(
-        level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        level=numeric, stream=_Stderr(), format="%(levelname)s %(name)s: %(message)s"
     )
 
 

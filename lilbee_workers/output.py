@@ -40,7 +40,7 @@ def status_table(statuses: list[RoleStatus]) -> Table:
         p99 = "-" if s.p99_ms is None else f"{s.p99_ms:.0f}"
         table.add_row(
             s.role,
-            s.state,
+            state_text(s),
             str(s.pid or "-"),
             s.model_name or Path(s.model).stem,
             _duration(s.uptime_s),
@@ -55,6 +55,17 @@ def status_table(statuses: list[RoleStatus]) -> Table:
     if exits:
         table.caption = "last exit - " + "; ".join(exits)
     return table
+
+
+def state_text(status: RoleStatus) -> str:
+    """The state, or ``loading 43%`` while a worker loads the role's model."""
+    fraction = status.loading
+    return status.state if fraction is None else f"loading {percent(fraction)}%"
+
+
+def percent(fraction: float) -> int:
+    """Whole percent, rounded down (99.9% is not done)."""
+    return min(100, max(0, int(fraction * 100)))
 
 
 def _size(n_bytes: int) -> str:

@@ -75,11 +75,14 @@ class Supervisor(WorkerAPI):
         log.info("supervisor started", roles={r: d.state for r, d in self._dispatchers.items()})
         return self
 
-    def wait_started(self, timeout: float | None = None) -> None:
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until every role's first worker is ready or failed (or ``timeout`` s);
+        return whether they all are."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for dispatcher in self._dispatchers.values():
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             dispatcher.started.wait(remaining)
+        return all(dispatcher.started.is_set() for dispatcher in self._dispatchers.values())
 
     def close(self, timeout: float | None = None) -> None:
         """Answer queued calls, let calls in flight finish (up to ``timeout``, default

@@ -94,3 +94,14 @@ class RoleStatus(msgspec.Struct):
     latency_sum_ms: float = 0.0
     tokens_generated: int = 0
     """Completion tokens of every chat, completion and vision answer."""
+    load_progress: float | None = None
+    """How far the latest model load has come, 0.0 to 1.0 (llama.cpp's own count of the
+    weights read; None until a worker reports it). It means something while ``state`` is
+    starting or restarting (``loading``); once the model is loaded it stays at 1.0."""
+
+    @property
+    def loading(self) -> float | None:
+        """The load's progress while a worker loads the model, else None."""
+        if self.state in (RoleState.STARTING, RoleState.RESTARTING):
+            return self.load_progress
+        return None

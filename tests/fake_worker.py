@@ -79,6 +79,7 @@ class FakeWorker:
         self.generation = generation
         self.on_exit = on_exit
         self.ready: Ready | None = None
+        self.on_progress: Callable[[float], None] = lambda fraction: None
         self.kill_reason: str | None = None
         self.requests: list[Request] = []
         self._pid = next(_pids)

@@ -1,5 +1,5 @@
 """The worker's health pipe: a thread that answers pings, takes cancels and shutdown,
-and carries the worker's Python log records to the supervisor.
+and carries the worker's Python log records and model load progress to the supervisor.
 
 It runs beside inference (llama.cpp releases the GIL while it computes), so a long
 call never starves liveness or shutdown.
@@ -8,6 +8,7 @@ call never starves liveness or shutdown.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 
@@ -18,6 +19,7 @@ from lilbee_workers.transport.frames import (
     Cancel,
     Frame,
     HealthCommand,
+    LoadProgress,
     LogRecord,
     Ping,
     Pong,
@@ -52,6 +54,30 @@ class ForwardingHandler(logging.Handler):
                 )
             )
         except Exception:  # a log line must never take the worker down
+            pass
+
+
+class ProgressReporter:
+    """Sends the model load's progress to the supervisor: a frame each time the load has
+    come ``step`` further, and one at 1.0 (about a hundred frames a load, however many
+    times llama.cpp reports). Frames only ever go up."""
+
+    def __init__(self, health: PipeChannel[HealthCommand], step: float = 0.01) -> None:
+        self.health = health
+        self.step = step
+        self.sent = -1.0
+
+    def __call__(self, fraction: float) -> None:
+        if not math.isfinite(fraction):
+            return
+        fraction = min(max(fraction, 0.0), 1.0)
+        done = fraction >= 1.0 > self.sent
+        if not done and fraction < self.sent + self.step:
+            return
+        self.sent = fraction
+        try:
+            self.health.send(LoadProgress(fraction=fraction))
+        except Exception:  # a supervisor gone mid-load: the load's own end says so
             pass
 
 

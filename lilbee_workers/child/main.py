@@ -8,17 +8,18 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import msgspec
 
-from lilbee_workers.child.heartbeat import ForwardingHandler, start_heartbeat
+from lilbee_workers.child.heartbeat import ForwardingHandler, ProgressReporter, start_heartbeat
 from lilbee_workers.child.state import RequestState
 from lilbee_workers.child.stdio import rotate_log, use_log_streams
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
 from lilbee_workers.logs import tail_lines
-from lilbee_workers.roles.base import RequestContext, RoleHandler
+from lilbee_workers.roles.base import RequestContext, RoleHandler, load_progress
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.error_frames import to_frame
@@ -61,19 +62,26 @@ def main(data_fd: int, health_fd: int) -> None:
     logging.getLogger().addHandler(ForwardingHandler(health))
     state = RequestState()
     start_heartbeat(health, state, config.cancel_grace_s)
-    handler = load(boot, data, state)
+    handler = load(boot, data, state, ProgressReporter(health))
     Server(data, handler, state, config, boot).serve()
 
 
-def load(boot: WorkerBoot, data: PipeChannel[Request], state: RequestState) -> RoleHandler:
-    """Load the role's model and say READY; on failure say why and exit."""
+def load(
+    boot: WorkerBoot,
+    data: PipeChannel[Request],
+    state: RequestState,
+    progress: Callable[[float], None],
+) -> RoleHandler:
+    """Load the role's model (telling ``progress`` how far it has come) and say READY;
+    on failure say why and exit."""
     from lilbee_workers.roles import create_handler
 
     config = msgspec.msgpack.decode(boot.config, type=RoleConfig)
     started = time.monotonic()
     try:
         handler = create_handler(boot.role, config, boot.model_path, boot.log_path)
-        model = handler.load()
+        with load_progress(progress):
+            model = handler.load()
         handler.watch_cancel(state.cancel)
         if boot.warm_up:
             handler.warm_up()

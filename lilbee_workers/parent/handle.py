@@ -22,6 +22,8 @@ class WorkerHandle(Protocol):
     generation: int
     model_path: str
     ready: Ready | None
+    on_progress: Callable[[float], None]
+    """Told how far the model load has come (0.0 to 1.0); set before ``start``."""
     data: PipeChannel[DataReply]
     health: PipeChannel[HealthReport]
 

@@ -8,6 +8,7 @@ call it runs. Other threads only read snapshots (``status``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -147,6 +148,8 @@ class RoleLifecycle:
             raise StartFailed(f"{self.role} is shutting down", crashed=False)
         worker = self._make_worker(warm_up=False)
         self.model_path, self.generation = worker.model_path, worker.generation
+        self.stats.loading(worker.generation)  # its progress is what status shows
+        worker.on_progress = functools.partial(self.stats.load_progressed, worker.generation)
         try:
             worker.start(abandon=lambda: self.queue.closing)
         except StartFailed as exc:

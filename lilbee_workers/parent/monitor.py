@@ -1,5 +1,6 @@
 """The heartbeat watchdog: ping a worker's heartbeat thread on schedule, relay its log
-records, and report a missed deadline (a stopped or wedged process) through a callback.
+records and model load progress, and report a missed deadline (a stopped or wedged
+process) through a callback.
 
 It knows nothing of processes: the owner passes the health channel, the death
 sentinel, and what to do on a hang (``process.WorkerProcess`` kills).
@@ -19,7 +20,14 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.transport.channel import PipeChannel
-from lilbee_workers.transport.frames import HealthReport, LogRecord, Ping, Pong, ShutdownAck
+from lilbee_workers.transport.frames import (
+    HealthReport,
+    LoadProgress,
+    LogRecord,
+    Ping,
+    Pong,
+    ShutdownAck,
+)
 
 log = structlog.get_logger("lilbee_workers.monitor")
 
@@ -46,6 +54,7 @@ class HealthMonitor:
         loaded: Callable[[], bool],
         stopping: Callable[[], bool],
         on_hang: Callable[[str], None],
+        on_progress: Callable[[float], None] = lambda fraction: None,
     ) -> None:
         self.role = role
         self.pid = pid
@@ -56,7 +65,9 @@ class HealthMonitor:
         self.loaded = loaded
         self.stopping = stopping
         self.on_hang = on_hang
+        self.on_progress = on_progress
         self.last_pong: Pong | None = None
+        self.load_progress: float | None = None
         self.shutdown_acked = threading.Event()
 
     def watch(self) -> None:
@@ -87,6 +98,8 @@ class HealthMonitor:
                     self.last_pong = frame
                 elif isinstance(frame, LogRecord):
                     self.relay(frame)
+                elif isinstance(frame, LoadProgress):
+                    self.progressed(frame.fraction)
                 elif isinstance(frame, ShutdownAck):
                     self.shutdown_acked.set()
                 continue
@@ -108,6 +121,14 @@ class HealthMonitor:
                     watched = [self.sentinel]
                     continue
                 awaiting_since = now
+
+    def progressed(self, fraction: float) -> None:
+        """The worker's model load has come this far (0.0 to 1.0)."""
+        self.load_progress = fraction
+        try:
+            self.on_progress(fraction)
+        except Exception:  # the owner's bookkeeping must not stop the watch
+            log.exception("load progress callback failed", role=self.role)
 
     def relay(self, record: LogRecord) -> None:
         """A worker's log record into the supervisor's log stream, tagged role and pid."""

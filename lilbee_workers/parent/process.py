@@ -56,6 +56,7 @@ class WorkerProcess:
         on_exit: Callable[[WorkerProcess], None] = lambda worker: None,
         log_max_bytes: int = 10 * 1024 * 1024,
         warm_up: bool = False,
+        on_progress: Callable[[float], None] = lambda fraction: None,
     ) -> None:
         self.role = role
         self.config = config
@@ -66,6 +67,7 @@ class WorkerProcess:
         self.log_max_bytes = log_max_bytes
         self.warm_up = warm_up
         self.on_exit = on_exit
+        self.on_progress = on_progress  # the model load's progress, from the monitor thread
         self.ready: Ready | None = None
         self.monitor: HealthMonitor | None = None
         self.kill_reason: str | None = None
@@ -109,6 +111,7 @@ class WorkerProcess:
             loaded=lambda: self.ready is not None,
             stopping=lambda: self._stopping,
             on_hang=self.kill,
+            on_progress=lambda fraction: self.on_progress(fraction),
         )
         self._monitor_thread = threading.Thread(
             target=self._monitor, name=f"health-{self.role}-{self.pid}", daemon=True

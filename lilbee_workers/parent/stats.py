@@ -1,5 +1,6 @@
-"""One role's counters and latencies: written by whichever thread runs a call, read by
-``status`` from any thread. One lock guards them all."""
+"""One role's counters, latencies and model load progress: written by whichever thread
+runs a call (or watches a loading worker), read by ``status`` from any thread. One lock
+guards them all."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class RoleStats:
         self._latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self._latency_sum_ms = 0.0
         self._tokens_generated = 0
+        self._loading_generation = 0
+        self._load_progress: float | None = None
 
     def answered(self, *, error: bool, retried: bool) -> None:
         """A call got its final frame (an error frame counts as an error)."""
@@ -75,6 +78,19 @@ class RoleStats:
         with self._lock:
             self._tokens_generated += tokens
 
+    def loading(self, generation: int) -> None:
+        """Worker ``generation`` starts loading the role's model: from now on its progress
+        is the one ``status`` shows (a standby spare's, or an older worker's, is not)."""
+        with self._lock:
+            self._loading_generation = generation
+            self._load_progress = 0.0
+
+    def load_progressed(self, generation: int, fraction: float) -> None:
+        """Worker ``generation`` reports how far its load has come (0.0 to 1.0)."""
+        with self._lock:
+            if generation == self._loading_generation:
+                self._load_progress = fraction
+
     @property
     def restarts(self) -> int:
         with self._lock:
@@ -97,6 +113,7 @@ class RoleStats:
                 "latency_buckets": list(self._latency_buckets),
                 "latency_sum_ms": round(self._latency_sum_ms, 3),
                 "tokens_generated": self._tokens_generated,
+                "load_progress": self._load_progress,
             }
 
 

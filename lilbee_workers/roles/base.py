@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lilbee_workers.config import RoleConfig
@@ -117,6 +118,40 @@ def open_llama(config: RoleConfig, model_path: str, log_path: str, **params: Any
 
         reason = tail_lines(log_path, 8)
         raise ModelError(f"llama.cpp could not load {model_path}: {exc}\n{reason}") from None
+
+
+@contextlib.contextmanager
+def load_progress(report: Callable[[float], None]) -> Iterator[None]:
+    """While the block loads a model, llama.cpp's progress callback passes how far the
+    load has come (0.0 to 1.0, by bytes of weights read) to ``report``.
+
+    ``Llama`` builds its model parameters from ``llama_model_default_params()`` and
+    loads at once, with no way to set the callback; so inside the block those defaults
+    come with it set. Only the worker's main thread loads, one model at a time."""
+    import llama_cpp.llama_cpp as low
+
+    def on_progress(fraction: float, _user_data: Any) -> bool:
+        try:
+            report(fraction)
+        except Exception:  # progress is a courtesy: it never stops a load
+            pass
+        return True  # False would abort the load
+
+    # ctypes keeps no reference of its own while C holds the pointer: this one lives
+    # through the block (and in the ``Llama``'s model params after it).
+    callback = low.llama_progress_callback(on_progress)
+    defaults = low.llama_model_default_params
+
+    def with_callback() -> Any:
+        params = defaults()
+        params.progress_callback = callback
+        return params
+
+    low.llama_model_default_params = with_callback
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = defaults
 
 
 def model_metadata(model_path: str, key: str) -> str | None:

@@ -4,7 +4,7 @@ Three wires carry these frames:
 
 * the **data pipe** (supervisor <-> worker): requests, streamed chunks, results, errors;
 * the **health pipe** (supervisor <-> worker heartbeat thread): ping/pong, cancel,
-  shutdown, and the worker's log records;
+  shutdown, the worker's log records and its model load progress;
 * the **daemon socket** (client <-> daemon): the same requests and replies, plus
   status and restart.
 
@@ -270,6 +270,13 @@ class LogRecord(Frame, tag="log"):
     created: float
 
 
+class LoadProgress(Frame, tag="load_progress"):
+    """How far the worker's model load has come (llama.cpp's progress callback), from
+    0.0 to 1.0; sent while loading, before READY on the data pipe."""
+
+    fraction: float
+
+
 # --------------------------------------------------------------------------- daemon
 
 
@@ -360,7 +367,7 @@ DataReply = (
 HealthCommand = Ping | Cancel | Shutdown
 """Supervisor -> worker's heartbeat thread."""
 
-HealthReport = Pong | ShutdownAck | LogRecord
+HealthReport = Pong | ShutdownAck | LogRecord | LoadProgress
 """Worker's heartbeat thread -> supervisor."""
 
 SocketRequest = SocketCall | ControlRequest

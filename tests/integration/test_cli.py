@@ -206,6 +206,21 @@ def test_restart_no_wait_reports_a_request_not_the_old_pids(daemon: DaemonProces
     assert result.stdout.startswith("chat: ready (pid ")
 
 
+def test_serve_and_restart_wait_show_the_loads_as_plain_lines(daemon: DaemonProcess) -> None:
+    """Not on a terminal: `serve` said when each role was ready (after any loading lines),
+    and `restart --wait` shows the load on stderr, its outcome on stdout."""
+    served = daemon.log.read_text(errors="replace").splitlines()
+    assert "embed: ready" in served and "chat: ready" in served, served[:40]
+    wait_all_ready(daemon)
+    result = run_cli("restart", "chat", "--socket", str(daemon.socket))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("chat: ready (pid "), result.stdout
+    progress = result.stderr.splitlines()
+    assert progress and all(re.fullmatch(r"chat: loading \d+%", line) for line in progress)
+    percents = [int(line.split()[-1].rstrip("%")) for line in progress]
+    assert percents == sorted(percents), progress
+
+
 @pytest.fixture
 def broken_daemon(tmp_path_factory: pytest.TempPathFactory, model_path: str) -> Iterator[Any]:
     """embed on a symlink to gemma (to be removed); chat on a file that never existed."""
