@@ -152,7 +152,10 @@ class LoadLines:
             self._line(f"{status.role}: {end_text(status)}")
 
     def _line(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        # One write: print() writes the text and the newline apart, and a log line from
+        # another thread can land between them.
+        self.out.write(text + "\n")
+        self.out.flush()
 
 
 class LoadBars:
