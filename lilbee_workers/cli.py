@@ -225,7 +225,7 @@ def doctor(
         raise typer.Exit(EXIT_ERROR)
 
 
-SERVING = ("ready", "busy", "unloaded")
+SERVING = ("ready", "busy", "degraded", "unloaded")
 """States of a role that takes calls (an unloaded one loads its model on the next)."""
 
 for command in cli_roles.COMMANDS:

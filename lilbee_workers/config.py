@@ -21,6 +21,8 @@ MAX_SECONDS = 7 * 24 * 3600.0
 """Longest duration any ``*_s`` key accepts (a week): past it a value is a typo, and
 an infinite one breaks the timers that use it."""
 
+MAX_REPLICAS = 64  # workers one role may run, each with its own copy of the model
+
 log = structlog.get_logger("lilbee_workers.config")
 
 ROLE_KINDS = ("embed", "chat", "rerank", "vision")
@@ -85,6 +87,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     max_batch_items: int = 2048
     """Most texts (embed), documents (rerank) or messages (chat) in one request; more is
     ``InvalidRequest``, answered before any worker is involved."""
+    replicas: int = 1
+    """Workers of this role side by side, each with its own copy of the model."""
     standby: bool = False
     """Keep one spare worker loaded and waiting: a crashed or hung worker is replaced at
     once (milliseconds, not a model load). Costs a second copy of the model in RAM."""
@@ -94,8 +98,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     coalesce_max_items: int = 256
     """embed: most texts in one coalesced batch."""
     coalesce_wait_ms: float = 0.0
-    """embed: how long a batch waits for more calls to join before it runs (0: none, it
-    only takes what queued while the worker was busy)."""
+    """embed: how long a batch waits for more calls to join (0: it takes what queued)."""
     max_restarts: int = 5
     """Crashes allowed within ``restart_window_s`` before the role goes ``failed``."""
     restart_window_s: float = 60.0
@@ -153,6 +156,9 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         for key, seconds in durations.items():
             check_duration(f"{where}.{key}", seconds)
         check_duration(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
+        if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
+            raise ConfigError(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
+                              f"replica takes over at once), not {self.replicas}")  # fmt: skip
         if self.max_restarts < 0:
             raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model and not self.models:

@@ -63,8 +63,9 @@ MAX_LOG_BYTES = 10 * 1024 * 1024
 the worker itself between requests)."""
 
 
-def role_log_path(log_dir: Path, role: str) -> Path:
-    return log_dir / f"{role}.log"
+def role_log_path(log_dir: Path, role: str, replica: int = 0) -> Path:
+    """``<role>.log``; replicas after the first write ``<role>.<replica>.log``."""
+    return log_dir / (f"{role}.log" if replica == 0 else f"{role}.{replica}.log")
 
 
 def rotate_if_large(path: Path, max_bytes: int = MAX_LOG_BYTES) -> None:

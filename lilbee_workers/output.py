@@ -36,25 +36,31 @@ def status_table(statuses: list[RoleStatus]) -> Table:
     table.add_column("RSS", no_wrap=True)
     exits = []
     for s in statuses:
-        p50 = "-" if s.p50_ms is None else f"{s.p50_ms:.0f}"
-        p99 = "-" if s.p99_ms is None else f"{s.p99_ms:.0f}"
-        table.add_row(
-            s.role,
-            state_text(s),
-            str(s.pid or "-"),
-            s.model_name or Path(s.model).stem,
-            _duration(s.uptime_s),
-            str(s.restarts),
-            f"{s.in_flight}+{s.queued}",
-            f"{s.served}/{s.errors}",
-            f"{p50}/{p99}",
-            _size(s.rss_bytes),
-        )
+        table.add_row(*_status_row(s.role, s))
+        for replica in s.replicas:  # each replica under its role
+            table.add_row(*_status_row(f"  #{replica.replica}", replica))
         if s.last_exit:
             exits.append(f"{s.role}: {s.last_exit}")
     if exits:
         table.caption = "last exit - " + "; ".join(exits)
     return table
+
+
+def _status_row(name: str, s: RoleStatus) -> tuple[str, ...]:
+    p50 = "-" if s.p50_ms is None else f"{s.p50_ms:.0f}"
+    p99 = "-" if s.p99_ms is None else f"{s.p99_ms:.0f}"
+    return (
+        name,
+        state_text(s),
+        str(s.pid or "-"),
+        s.model_name or Path(s.model).stem,
+        _duration(s.uptime_s) if s.pid else "-",
+        str(s.restarts),
+        f"{s.in_flight}+{s.queued}",
+        f"{s.served}/{s.errors}",
+        f"{p50}/{p99}",
+        _size(s.rss_bytes),
+    )
 
 
 def state_text(status: RoleStatus) -> str:

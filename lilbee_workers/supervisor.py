@@ -1,4 +1,5 @@
-"""The in-process supervisor: one dispatcher (and one worker process) per role."""
+"""The in-process supervisor: one set of replicas (one worker process each, one by
+default) per role."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
 from lilbee_workers.limits import check_model, check_request, check_timeout
 from lilbee_workers.logs import configure_logging
 from lilbee_workers.parent.calls import Call
-from lilbee_workers.parent.dispatcher import RoleDispatcher
+from lilbee_workers.parent.replicas import ReplicaSet
 from lilbee_workers.transport.frames import AnyFrame, Request
 from lilbee_workers.types import RoleStatus
 
@@ -48,7 +49,7 @@ class Supervisor(WorkerAPI):
             configure_logging(self.config.log_level, self.config.log_format)
         self.queue_wait_s = queue_wait_s
         self.log_dir = self.config.resolved_log_dir()
-        self._dispatchers: dict[str, RoleDispatcher] = {}
+        self._dispatchers: dict[str, ReplicaSet] = {}
         self._started = False
         self._closed = False
 
@@ -61,7 +62,7 @@ class Supervisor(WorkerAPI):
         self._started = True
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for role, role_config in self.config.roles.items():
-            dispatcher = RoleDispatcher(
+            dispatcher = ReplicaSet(
                 role,
                 role_config,
                 self.log_dir,
@@ -81,8 +82,9 @@ class Supervisor(WorkerAPI):
         deadline = None if timeout is None else time.monotonic() + timeout
         for dispatcher in self._dispatchers.values():
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            dispatcher.started.wait(remaining)
-        return all(dispatcher.started.is_set() for dispatcher in self._dispatchers.values())
+            if not dispatcher.wait_started(remaining):
+                return False
+        return True
 
     def close(self, timeout: float | None = None) -> None:
         """Answer queued calls, let calls in flight finish (up to ``timeout``, default
@@ -121,7 +123,7 @@ class Supervisor(WorkerAPI):
         call = self._dispatcher(role).run_now(request, self.queue_wait_s, timeout)
         return call.next_frame(timeout)
 
-    def _dispatcher(self, role: str) -> RoleDispatcher:
+    def _dispatcher(self, role: str) -> ReplicaSet:
         """The dispatcher of a configured role."""
         if self._closed:
             raise WorkerUnavailable("the supervisor is closed", role=role)
@@ -164,17 +166,16 @@ class Supervisor(WorkerAPI):
     def load(self, role: str, model: str) -> list[RoleStatus]:
         dispatcher = self._dispatcher(role)
         check_model(role, model, self.config)
-        control = dispatcher.load(model)
-        control.done.wait()
-        if control.error is not None:
-            raise control.error
+        error = dispatcher.load(model)
+        if error is not None:
+            raise error
         return [dispatcher.status()]
 
     def unload(self, role: str) -> list[RoleStatus]:
         dispatcher = self._dispatcher(role)
         if dispatcher.config.standby:
             raise InvalidRequest(f"{role} keeps a standby worker loaded; set standby = false")
-        dispatcher.unload().wait()
+        dispatcher.unload()
         return [dispatcher.status()]
 
     def reload(self, config: SupervisorConfig) -> list[str]:

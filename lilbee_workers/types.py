@@ -21,11 +21,13 @@ class RoleState(enum.StrEnum):
     FAILED = "failed"
     UNLOADED = "unloaded"
     """No worker, by ``unload`` or ``keep_alive_s``: the next call loads the model."""
+    DEGRADED = "degraded"
+    """Some of the role's replicas serve, others are down or coming back."""
 
     @property
     def serving(self) -> bool:
         """A worker is up and takes calls."""
-        return self in (RoleState.READY, RoleState.BUSY)
+        return self in (RoleState.READY, RoleState.BUSY, RoleState.DEGRADED)
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
@@ -94,6 +96,11 @@ class RoleStatus(msgspec.Struct):
     latency_sum_ms: float = 0.0
     tokens_generated: int = 0
     """Completion tokens of every chat, completion and vision answer."""
+    replica: int | None = None
+    """Which replica of its role this is (set only in ``replicas``)."""
+    replicas: list[RoleStatus] = msgspec.field(default_factory=list)
+    """Each replica's own status, when the role runs more than one (``replicas``); the
+    fields above then add them up (counters) or describe the role as a whole."""
     load_progress: float | None = None
     """How far the latest model load has come, 0.0 to 1.0 (llama.cpp's own count of the
     weights read; None until a worker reports it). It means something while ``state`` is

@@ -46,6 +46,8 @@ class Script:
     fail_start: set[int] = field(default_factory=set)
     fail_every_start: bool = False
     on_request: dict[int, list[Behaviour]] = field(default_factory=dict)
+    hold_start: dict[int, threading.Event] = field(default_factory=dict)
+    """Generations whose start waits for the event (a slow model load)."""
     workers: list[FakeWorker] = field(default_factory=list)
 
     def factory(
@@ -91,6 +93,9 @@ class FakeWorker:
         return self._pid
 
     def start(self, abandon: Callable[[], bool] = lambda: False) -> Ready:
+        gate = self.script.hold_start.get(self.generation)
+        while gate is not None and not gate.wait(0.05) and not abandon():
+            pass
         if self.script.fail_every_start or self.generation in self.script.fail_start:
             self._dead.set()
             raise StartFailed(f"fake worker {self.generation} failed to load", crashed=True)

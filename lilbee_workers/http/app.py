@@ -34,7 +34,7 @@ from lilbee_workers.transport.frames import EmbedRequest, EmbedResult
 from lilbee_workers.types import RoleState
 
 B = TypeVar("B")
-_SERVING = {RoleState.READY.value, RoleState.BUSY.value, RoleState.UNLOADED.value}
+_SERVING = {s.value for s in RoleState if s.serving} | {RoleState.UNLOADED.value}
 _DEFAULT_TEMPERATURE = 0.8  # llama.cpp's server default (OpenAI's is 1.0)
 
 

@@ -28,8 +28,9 @@ from lilbee_workers.transport.frames import (
 
 
 def can_merge(call: Call) -> bool:
-    """Calls whose requests a worker batch can carry (any embed options mix)."""
-    return isinstance(call.request, EmbedRequest) and not call.cancelled
+    """Calls whose requests a worker batch can carry (any embed options mix). A call
+    retried on another replica runs alone: it has used its retry, the others have not."""
+    return isinstance(call.request, EmbedRequest) and not call.cancelled and not call.retried
 
 
 def items_of(call: Call) -> int:
@@ -105,6 +106,11 @@ class MergedCall:
 
     def cancelled_error(self) -> Cancelled:
         return Cancelled(f"{self.role} calls were cancelled", role=self.role)
+
+
+def calls_of(call: Attempted) -> list[Call]:
+    """The callers' calls behind an attempt: the parts of a merged one, or itself."""
+    return list(call.parts) if isinstance(call, MergedCall) else [call]  # type: ignore[list-item]
 
 
 def batch_shape(frame: AnyFrame) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -32,6 +33,7 @@ from lilbee_workers.parent.queue import (
     Close,
     Control,
     Load,
+    Recover,
     Respawn,
     Restart,
     RoleQueue,
@@ -56,18 +58,24 @@ class RoleDispatcher:
         max_frame_bytes: int,
         log_max_bytes: int = MAX_LOG_BYTES,
         new_worker: WorkerFactory | None = None,
+        replica: int = 0,
+        hand_over: Callable[[list[Call], RoleDispatcher], bool] | None = None,
     ):
-        """``new_worker`` makes the role's workers (default: real ``WorkerProcess``es;
-        the unit tests pass a fake)."""
+        """``new_worker`` makes the workers (default: real processes; unit tests pass a
+        fake). ``replica``: which of the role's replicas this is; ``hand_over`` gives calls
+        lost with this worker to another live replica (True: taken), sparing a restart."""
         self.role = role
-        self.log_path = role_log_path(log_dir, role)
+        self.replica = replica
+        self._hand_over = hand_over
+        self.log_path = role_log_path(log_dir, role, replica)
         self.stats = RoleStats()
         self.started = threading.Event()
         self.queue = RoleQueue(role, config.queue_size)
         factory = new_worker or process_factory(role, self.log_path, max_frame_bytes, log_max_bytes)
         self.life = RoleLifecycle(role, config, self.log_path, self.queue, self.stats, factory)
         self.queue.prefer = self._needs_no_switch
-        self._thread = threading.Thread(target=self._run, name=f"dispatch-{role}", daemon=True)
+        name = f"dispatch-{role}" + (f".{replica}" if replica else "")
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
     def config(self) -> RoleConfig:
@@ -80,10 +88,6 @@ class RoleDispatcher:
     @property
     def worker(self) -> WorkerHandle | None:
         return self.life.worker
-
-    @property
-    def generation(self) -> int:
-        return self.life.generation
 
     # ================================================================== caller side
 
@@ -142,7 +146,7 @@ class RoleDispatcher:
         (a worker still loading is stopped at once)."""
         self.queue.close()
         for call in self.queue.take_calls():  # at once, not after the call in flight
-            call.fail(self._shutting_down())
+            call.fail(self.shutting_down_error())
         self.queue.post(Close())
 
     def join(self, timeout: float) -> bool:
@@ -172,7 +176,7 @@ class RoleDispatcher:
             **self.stats.counts(),
         )
 
-    def _shutting_down(self) -> WorkerUnavailable:
+    def shutting_down_error(self) -> WorkerUnavailable:
         return WorkerUnavailable(f"{self.role} is shutting down", role=self.role)
 
     # ================================================================== dispatcher thread
@@ -213,7 +217,7 @@ class RoleDispatcher:
                 self.life.respawn(item)
             finally:
                 item.done.set()
-        elif isinstance(item, (Load, Unload, Restart, WorkerExited)):
+        elif isinstance(item, (Load, Unload, Restart, Recover, WorkerExited)):
             try:
                 self.life.apply(item)
             finally:
@@ -228,6 +232,7 @@ class RoleDispatcher:
     def _serve(self, call: Attempted) -> None:
         """Run a call that holds the role, then release the role."""
         started = time.monotonic()
+        handed_over = False
         try:
             if call.cancelled:
                 call.fail(call.cancelled_error())
@@ -236,17 +241,18 @@ class RoleDispatcher:
             elif not self._ensure_worker():
                 self._give_up(call, self.life.unavailable())
             else:
-                self._run_call(call)
+                handed_over = self._run_call(call)
         finally:
             elapsed_ms = (time.monotonic() - started) * 1000.0
-            for _ in getattr(call, "parts", (call,)):
-                self.stats.latency(elapsed_ms)
+            for _ in () if handed_over else getattr(call, "parts", (call,)):
+                self.stats.latency(elapsed_ms)  # a handed-over call counts where it ends
             self.life.last_used = time.monotonic()
             self.queue.release()
 
-    def _run_call(self, call: Attempted) -> None:
-        """Attempts until the call is answered, under the retry rules of ``policy``."""
-        attempt = 0
+    def _run_call(self, call: Attempted) -> bool:
+        """Attempts until the call is answered, under the retry rules of ``policy``.
+        True if another replica took the call over for its retry."""
+        attempt = 1 if call.retried else 0  # a call handed over has had its retry
         while True:
             life = self.life
             worker = life.worker
@@ -259,15 +265,15 @@ class RoleDispatcher:
                     life.state = RoleState.READY
             if isinstance(outcome, Answered):
                 batch.account(self.stats, call, outcome)
-                return
+                return False
             reason = life.retire(worker, outcome)
             if self.queue.closing:
-                self._give_up(call, self._shutting_down())
-                return
+                self._give_up(call, self.shutting_down_error())
+                return False
             if call.cancelled:  # the caller is gone: nothing to retry for
                 call.fail(call.cancelled_error())
                 self._respawn()
-                return
+                return False
             if not policy.should_retry(attempt, call.chunks_delivered):
                 error = policy.crashed_error(
                     self.role,
@@ -279,14 +285,17 @@ class RoleDispatcher:
                 )
                 self._give_up(call, error)
                 self._respawn()
-                return
+                return False
             attempt += 1
             call.retried = True
             self.stats.retrying()
+            if self._hand_over is not None and self._hand_over(batch.calls_of(call), self):
+                log.warning("retrying call on another replica", role=self.role, reason=reason)
+                return True  # and the replica posted a Recover for this worker
             log.warning("retrying call on a fresh worker", role=self.role, reason=reason)
             if not self._respawn().ok:
                 self._give_up(call, self.life.unavailable())
-                return
+                return False
 
     def _give_up(self, call: Attempted, error: WorkerError) -> None:
         self.stats.failed()
@@ -343,7 +352,7 @@ class RoleDispatcher:
 
     def _shut_down(self) -> None:
         for call in self.queue.take_calls():
-            call.fail(self._shutting_down())
+            call.fail(self.shutting_down_error())
         for control in self.queue.take_controls():
             if isinstance(control, (Restart, Respawn)):
                 control.done.set()

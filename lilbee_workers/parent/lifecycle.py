@@ -22,15 +22,25 @@ from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ConfigError, ModelError, WorkerUnavailable
 from lilbee_workers.parent import policy
 from lilbee_workers.parent.attempt import Lost
+from lilbee_workers.parent.broken_models import BrokenModels
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
 from lilbee_workers.parent.policy import RestartPolicy, StartFailed
-from lilbee_workers.parent.queue import Load, Respawn, Restart, RoleQueue, Unload, WorkerExited
+from lilbee_workers.parent.queue import (
+    Load,
+    Recover,
+    Respawn,
+    Restart,
+    RoleQueue,
+    Unload,
+    WorkerExited,
+)
 from lilbee_workers.parent.standby import Standby
 from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState
 
 log = structlog.get_logger("lilbee_workers.lifecycle")
+_NO_RECOVERY = (RoleState.UNLOADED, RoleState.FAILED)  # no worker wanted; circuit open
 
 
 class RoleLifecycle:
@@ -64,8 +74,7 @@ class RoleLifecycle:
         self.default_model = catalog.default_name(config)
         self.model_name = self.default_model
         """The model the current worker serves (or the next one will)."""
-        self._broken: dict[str, tuple[float, ModelError]] = {}
-        """Models that failed to load, until when their error is answered at once."""
+        self.broken = BrokenModels(role, str(log_path))
         self.last_used = time.monotonic()
         """When the role last finished a call (for ``keep_alive_s``)."""
 
@@ -229,9 +238,9 @@ class RoleLifecycle:
         else:
             control.ok = self.has_live_worker() or self.start_worker(after_crash=True)
 
-    def apply(self, control: Load | Unload | Restart | WorkerExited) -> None:
-        """Lifecycle work asked for while nothing ran: load, unload, restart, or a
-        worker that died between calls."""
+    def apply(self, control: Load | Unload | Restart | Recover | WorkerExited) -> None:
+        """Lifecycle work asked for while nothing ran: load, unload, restart, recover (a
+        lost call went to another replica), or a worker that died between calls."""
         if isinstance(control, Load):
             control.error = self.load(control.model)
             if control.error is None:
@@ -240,6 +249,10 @@ class RoleLifecycle:
             self.unload()
         elif isinstance(control, Restart):
             self.graceful_restart(control)
+        elif isinstance(control, Recover):
+            control.wait(lambda: self.queue.closing)
+            if not self.has_live_worker() and self.state not in _NO_RECOVERY:
+                self.start_worker(after_crash=True)
         else:
             self.on_idle_exit(control.worker)
 
@@ -247,38 +260,26 @@ class RoleLifecycle:
         """Serve model ``name``: replace the worker, or start one if there is none. If it
         cannot load, the model that served before comes back and the reason is returned
         (and answered at once for ``failed_cooldown_s``: no caller waits on a doomed load)."""
-        broken = self._broken.get(name)
-        if broken is not None and broken[0] > time.monotonic():
-            return broken[1]
+        broken = self.broken.error(name)
+        if broken is not None:
+            return broken
         previous = self.model_name if self.worker is not None else None
         self.unload()
         self.model_name, self.state = name, RoleState.STARTING
         try:
             self.worker = self._spawn_once()
         except Exception as exc:  # StartFailed, or EMFILE and the like
-            error = self._load_failed(name, exc)
+            error = self.broken.record(name, exc, self.config.failed_cooldown_s)
             if previous is None:
                 self.model_name, self.state = self.default_model, RoleState.UNLOADED
             else:
                 self.model_name = previous
                 self.start_worker(after_crash=False)
             return error
-        self._broken.pop(name, None)
+        self.broken.loaded(name)
         self.state, self.failed_reason = RoleState.READY, ""
         self.last_used = time.monotonic()
         return None
-
-    def _load_failed(self, name: str, exc: Exception) -> ModelError:
-        message = exc.message if isinstance(exc, StartFailed) else repr(exc)
-        error = ModelError(
-            f"{self.role}: cannot load model {name!r}: {message}",
-            role=self.role,
-            log_path=str(self.log_path),
-            log_tail=exc.log_tail if isinstance(exc, StartFailed) else "",
-        )
-        self._broken[name] = (time.monotonic() + self.config.failed_cooldown_s, error)
-        log.error("model failed to load", role=self.role, model=name, reason=message)
-        return error
 
     def unload(self) -> None:
         """Stop the worker (its memory is freed); the next call loads a model again."""
@@ -321,7 +322,7 @@ class RoleLifecycle:
             self.default_model = catalog.default_name(control.config)
             if self.model_name not in catalog.names(control.config):
                 self.model_name = self.default_model
-            self._broken.clear()
+            self.broken.clear()
         else:
             self.policy.reset()
         self.state = RoleState.DRAINING

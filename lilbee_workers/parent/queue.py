@@ -54,6 +54,24 @@ class Unload:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass
+class Recover:
+    """Calls lost with this worker were taken over by another replica: bring a fresh
+    worker up before any call needs it, once those calls are done (a model load would
+    take CPU from them), or after ``patience_s``."""
+
+    calls: list[Call]
+    patience_s: float = 3.0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, closing: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self.patience_s
+        while not all(call.finished for call in self.calls) and not closing():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+
 class Close:
     """Stop the role."""
 
@@ -65,7 +83,7 @@ class WorkerExited:
     worker: WorkerHandle
 
 
-Control = Restart | Respawn | Load | Unload | Close | WorkerExited
+Control = Restart | Respawn | Load | Unload | Recover | Close | WorkerExited
 
 GROUP_PATIENCE_S = 2.0
 """How long the oldest call may wait while calls for the loaded model go first."""
@@ -111,6 +129,16 @@ class RoleQueue:
             self._calls.append(call)
             self.cond.notify_all()
             return False
+
+    def take_over(self, call: Call) -> bool:
+        """Put a call lost on another replica at the head of the line, past the size
+        bound (it was admitted once); False if this role is closing."""
+        with self.cond:
+            if self.closing:
+                return False
+            self._calls.appendleft(call)
+            self.cond.notify_all()
+            return True
 
     def _admit(self, block_s: float, refuse: Callable[[], WorkerError | None]) -> None:
         deadline = time.monotonic() + block_s

@@ -91,6 +91,11 @@ class RoleStats:
             if generation == self._loading_generation:
                 self._load_progress = fraction
 
+    def latency_window(self) -> list[float]:
+        """The latest calls' latencies (ms), for percentiles over several replicas."""
+        with self._lock:
+            return list(self._latencies_ms)
+
     @property
     def restarts(self) -> int:
         with self._lock:

@@ -63,7 +63,7 @@ def test_a_call_is_answered_by_the_first_worker_under_the_callers_id(start_role)
     reply = role.submit(EMBED).next_frame(5)
     assert reply.id == 7  # the attempt's own id on the pipe, the caller's id back
     assert script.workers[0].requests[0].id != 7
-    assert role.status().restarts == 0 and role.generation == 1
+    assert role.status().restarts == 0 and role.status().generation == 1
 
 
 def test_a_crash_under_a_call_is_retried_once_on_a_fresh_worker(start_role) -> None:
@@ -86,7 +86,7 @@ def test_a_second_loss_is_a_typed_error_naming_the_log(start_role) -> None:
     assert "fake log of generation 2" in str(caught.value)  # the log's tail, for the reader
     wait_for(lambda: role.state == RoleState.READY)  # and the role serves again
     assert role.submit(EMBED).next_frame(5).id == 7
-    assert role.generation == 3
+    assert role.status().generation == 3
 
 
 def test_a_hung_worker_is_killed_at_its_deadline_and_the_call_retried(start_role) -> None:
@@ -148,7 +148,7 @@ def test_a_worker_dying_between_calls_is_replaced_before_the_next_call(start_rol
     role = start_role(script)
     role.submit(EMBED).next_frame(5)
     script.workers[0].crash_now()
-    wait_for(lambda: role.generation == 2 and role.state == RoleState.READY)
+    wait_for(lambda: role.status().generation == 2 and role.state == RoleState.READY)
     assert role.submit(EMBED).next_frame(5).id == 7
     assert script.workers[0].requests and len(script.workers[1].requests) == 1
 

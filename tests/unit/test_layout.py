@@ -108,7 +108,6 @@ def test_no_import_cycles() -> None:
 
 
 LIMITS = {
-    "lilbee_workers.parent.dispatcher": 350,
     "lilbee_workers.transport.frames": 420,  # the whole wire schema, in one place by design
 }
 
