@@ -273,16 +273,23 @@ class SocketServer:
     def _run_request(
         self, channel: SocketChannel[SocketRequest], request: Request, timeout: float | None
     ) -> bool:
-        """Relay one call's replies; its deadline is the caller's ``timeout``."""
+        """Relay one call's replies; its deadline is the caller's ``timeout``: at it the
+        call is cancelled and the caller answered ``WorkerTimeout``, queued or running."""
         client_id = request.id
         role = role_of(request)
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._active += 1
         call = None
         try:
             call = self.supervisor.submit(role, request, timeout)
             while True:
-                reply = call.wait_frame(_CLIENT_CHECK_S)
+                left = None if deadline is None else deadline - time.monotonic()
+                reply: AnyFrame | None
+                if left is not None and left <= _CLIENT_CHECK_S:
+                    reply = call.next_frame(max(0.0, left))  # WorkerTimeout at the deadline
+                else:
+                    reply = call.wait_frame(_CLIENT_CHECK_S)
                 if reply is None:  # still queued or running: is the client still there?
                     if _client_gone(channel):
                         call.cancel()  # it went away: skip or stop the call

@@ -157,7 +157,7 @@ class Supervisor(WorkerAPI):
                     f"no role {name!r} to restart (configured: {', '.join(self._dispatchers)},"
                     " or all)"
                 )
-        done = [self._dispatchers[name].restart() for name in roles]
+        done = [self._dispatcher(name).restart() for name in roles]
         if wait:
             for event in done:
                 event.wait()

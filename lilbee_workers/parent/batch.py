@@ -107,6 +107,10 @@ class MergedCall:
     def cancelled_error(self) -> Cancelled:
         return Cancelled(f"{self.role} calls were cancelled", role=self.role)
 
+    def settle_if_abandoned(self) -> bool:
+        """Answer the parts whose callers left or timed out; True if none is left."""
+        return all([part.settle_if_abandoned() for part in self.parts])
+
 
 def calls_of(call: Attempted) -> list[Call]:
     """The callers' calls behind an attempt: the parts of a merged one, or itself."""

@@ -53,6 +53,8 @@ class Attempted(Protocol):
 
     def cancelled_error(self) -> Cancelled: ...
 
+    def settle_if_abandoned(self) -> bool: ...
+
 
 class Call:
     """A request queued on a role, and the replies coming back to its caller.
@@ -170,3 +172,14 @@ class Call:
 
     def cancelled_error(self) -> Cancelled:
         return Cancelled(f"{self.role} call was cancelled", role=self.role)
+
+    def settle_if_abandoned(self) -> bool:
+        """Answer the call if its caller gave up, or its deadline passed while it
+        waited (``WorkerTimeout``): it never reaches a worker. True if so."""
+        if self.expires_at is not None and time.monotonic() >= self.expires_at:
+            self.timed_out = self.cancelled = True
+            self.fail(self._timeout_error())
+            return True
+        if self.cancelled:
+            self.fail(self.cancelled_error())
+        return self.cancelled

@@ -234,8 +234,8 @@ class RoleDispatcher:
         started = time.monotonic()
         handed_over = False
         try:
-            if call.cancelled:
-                call.fail(call.cancelled_error())
+            if call.settle_if_abandoned():
+                pass  # its caller left, or its deadline passed while it waited
             elif (switch_failed := self._ensure_model(call)) is not None:
                 self._give_up(call, switch_failed)
             elif not self._ensure_worker():
@@ -314,8 +314,10 @@ class RoleDispatcher:
         life = self.life
         wanted = life.wanted(call.request)
         if life.state == RoleState.FAILED:
-            return None  # _ensure_worker answers for a failed role
-        if wanted == life.model_name and life.state != RoleState.UNLOADED:
+            if wanted == life.model_name or life.policy.cooling_down():
+                return None  # _ensure_worker refuses, or restarts that model
+            life.policy.reset()  # cooled down: a fresh try, with the model asked for
+        elif wanted == life.model_name and life.state != RoleState.UNLOADED:
             return None
         return self._respawn(wanted).error
 
@@ -353,7 +355,5 @@ class RoleDispatcher:
     def _shut_down(self) -> None:
         for call in self.queue.take_calls():
             call.fail(self.shutting_down_error())
-        for control in self.queue.take_controls():
-            if isinstance(control, (Restart, Respawn)):
-                control.done.set()
+        self.queue.refuse_controls()
         self.life.shut_down()

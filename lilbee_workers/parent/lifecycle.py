@@ -206,8 +206,8 @@ class RoleLifecycle:
     def idle_timeout(self) -> float | None:
         """Seconds until ``keep_alive_s`` unloads the idle model (<= 0: now); None when
         it never will."""
-        if not self.config.keep_alive_s or self.worker is None:
-            return None
+        if not self.config.keep_alive_s or self.worker is None or not self.state.serving:
+            return None  # nothing loaded to unload (a failed role keeps its cool-down)
         return self.last_used + self.config.keep_alive_s - time.monotonic()
 
     def status_fields(self) -> dict[str, Any]:

@@ -85,6 +85,15 @@ class WorkerExited:
 
 Control = Restart | Respawn | Load | Unload | Recover | Close | WorkerExited
 
+
+def refuse(control: Control, role: str) -> None:
+    """Release whoever waits on ``control``: the role is shutting down."""
+    if isinstance(control, Load):
+        control.error = WorkerUnavailable(f"{role} is shutting down", role=role)
+    if not isinstance(control, (Close, WorkerExited)):
+        control.done.set()
+
+
 GROUP_PATIENCE_S = 2.0
 """How long the oldest call may wait while calls for the loaded model go first."""
 
@@ -173,7 +182,12 @@ class RoleQueue:
         return bool(cancelled)
 
     def post(self, control: Control) -> None:
+        """Queue lifecycle work; once the role is closing, answer it at once instead
+        (nothing would run it): its waiter is released, a load gets the reason."""
         with self.cond:
+            if self.closing and not isinstance(control, (Close, WorkerExited)):
+                refuse(control, self.role)
+                return
             self._controls.append(control)
             self.cond.notify_all()
 
@@ -273,11 +287,13 @@ class RoleQueue:
             self.cond.notify_all()
             return calls
 
-    def take_controls(self) -> list[Control]:
+    def refuse_controls(self) -> None:
+        """Answer every control still waiting (the role is shutting down)."""
         with self.cond:
             controls = list(self._controls)
             self._controls.clear()
-            return controls
+        for control in controls:
+            refuse(control, self.role)
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``, but wake at once for close."""

@@ -165,3 +165,66 @@ def test_close_answers_queued_calls_and_stops_the_worker(start_role) -> None:
     running.cancel()
     assert role.join(10)
     assert not script.workers[0].alive()
+
+
+def test_a_queued_call_whose_deadline_passes_never_reaches_a_worker(start_role) -> None:
+    from lilbee_workers.errors import WorkerTimeout
+
+    script = Script(role="chat", on_request={1: ["hang"]})
+    role = start_role(script, kill_after_s=30, cancel_grace_s=0.2)
+    running = role.submit(CHAT)
+    wait_for(lambda: len(script.workers[0].requests) == 1)
+    queued = role.submit(CHAT, timeout=0.2)
+    time.sleep(0.4)
+    running.cancel()  # the worker ignores it; after the grace it is replaced
+    with pytest.raises(WorkerTimeout, match="within its timeout"):
+        queued.next_frame(10)
+    wait_for(lambda: role.state == RoleState.READY)
+    assert sum(len(w.requests) for w in script.workers) == 1  # never sent to a worker
+
+
+def test_controls_after_close_are_answered_at_once(start_role) -> None:
+    role = start_role(Script())
+    role.close()
+    assert role.join(10)
+    assert role.restart().wait(2)
+    assert role.unload().wait(2)
+    load = role.load("other")
+    assert load.done.wait(2) and isinstance(load.error, WorkerUnavailable)
+
+
+def test_a_failed_role_loads_the_model_a_call_names_once_cooled_down(tmp_path: Path) -> None:
+    from lilbee_workers.config import ModelEntry
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.gguf").write_bytes(b"GGUF")
+    models = {n: ModelEntry(path=str(tmp_path / f"{n}.gguf")) for n in ("a", "b")}
+    config = RoleConfig(
+        model="a", models=models, max_restarts=0, failed_cooldown_s=0.3, restart_backoff_s=0.01
+    )
+    script = Script(fail_start={1})  # model a never comes up the first time
+    role = RoleDispatcher("embed", config, tmp_path, 1 << 20, new_worker=script.factory)
+    role.start()
+    try:
+        assert role.started.wait(10) and role.state == RoleState.FAILED
+        time.sleep(0.4)  # the cool-down is over
+        reply = role.submit(EmbedRequest(id=7, texts=["x"], model="b")).next_frame(5)
+        assert reply.id == 7
+        served = [w for w in script.workers if w.requests]
+        assert [w.model_path for w in served] == [str(tmp_path / "b.gguf")]  # not model a
+    finally:
+        role.close()
+        assert role.join(10)
+
+
+def test_keep_alive_never_turns_a_failed_role_into_an_unloaded_one(start_role) -> None:
+    script = Script(on_request={1: ["crash"]})
+    role = start_role(script, max_restarts=0, failed_cooldown_s=60, keep_alive_s=0.2)
+    with pytest.raises((WorkerCrashed, WorkerUnavailable)):
+        role.submit(EMBED).next_frame(5)
+    wait_for(lambda: role.state == RoleState.FAILED)
+    time.sleep(0.5)  # past keep_alive_s
+    assert role.state == RoleState.FAILED
+    with pytest.raises(WorkerUnavailable):
+        role.submit(EMBED).next_frame(5)  # still cooling down: refused, no new worker
+    assert len(script.workers) == 1
