@@ -4,6 +4,7 @@ to stdout as ``{"error": {"kind": ..., "message": ...}}``, with the same exit co
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -49,9 +50,9 @@ def demo(
 
     try:
         settings = load_settings(config) or default_config()
-    except ConfigError as exc:
+        run_demo(settings, Console())
+    except ConfigError as exc:  # e.g. the bundled model's package is not installed
         fail(exc)
-    run_demo(settings, Console())
 
 
 @app.command()
@@ -85,6 +86,10 @@ def serve(
         settings = load_settings(config) or default_config()
         if http is not None:
             import msgspec
+
+            if importlib.util.find_spec("uvicorn") is None:
+                say_error("--http needs the http extra: pip install 'lilbee-workers[http]'")
+                raise typer.Exit(EXIT_ERROR)
 
             settings = msgspec.structs.replace(settings, http_listen=http).validate()
         log_format = "json" if json_logs else settings.log_format

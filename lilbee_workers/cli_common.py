@@ -44,7 +44,8 @@ SocketOption = Annotated[
         "--socket",
         envvar="LILBEE_WORKERS_SOCKET",
         help="The daemon's Unix socket; beats the config's `socket` "
-        "(default: $XDG_RUNTIME_DIR/lilbee-workers.sock).",
+        "(default: $XDG_RUNTIME_DIR/lilbee-workers.sock, or "
+        "/tmp/lilbee-workers-$UID/lilbee-workers.sock without XDG_RUNTIME_DIR).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]

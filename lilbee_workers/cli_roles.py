@@ -16,6 +16,9 @@ from lilbee_workers.cli_common import ConfigOption, JsonOption, SocketOption, da
 
 def embed(
     texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
+    truncate: Annotated[
+        bool, typer.Option("--truncate", help="Cut texts longer than the context.")
+    ] = False,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -25,7 +28,7 @@ def embed(
     Prints each vector's size and first values (--json: all of them).
     """
     with daemon(socket_path, config, as_json) as client:
-        vectors = client.embed(texts)
+        vectors = client.embed(texts, truncate=truncate)
     if as_json:
         print(json.dumps({"dim": int(vectors.shape[1]), "vectors": vectors.tolist()}))
         return
@@ -83,6 +86,9 @@ def rerank(
     query: Annotated[str, typer.Argument(help="The query.")],
     documents: Annotated[list[str], typer.Argument(help="Documents to score.")],
     top_n: Annotated[int | None, typer.Option(help="Keep the best N.")] = None,
+    truncate: Annotated[
+        bool, typer.Option("--truncate", help="Cut pairs longer than the context.")
+    ] = False,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -91,7 +97,7 @@ def rerank(
     import msgspec
 
     with daemon(socket_path, config, as_json) as client:
-        items = client.rerank(query, documents, top_n=top_n)
+        items = client.rerank(query, documents, top_n=top_n, truncate=truncate)
     if as_json:
         print(json.dumps(msgspec.to_builtins(items)))
         return

@@ -20,7 +20,6 @@ from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 MAX_SECONDS = 7 * 24 * 3600.0
 """Longest duration any ``*_s`` key accepts (a week): past it a value is a typo, and
 an infinite one breaks the timers that use it."""
-
 MAX_REPLICAS = 64  # workers one role may run, each with its own copy of the model
 
 log = structlog.get_logger("lilbee_workers.config")
@@ -251,7 +250,8 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
                 f"http_max_body_bytes must be >= 1024, got {self.http_max_body_bytes}"
             )
         if not 0 <= self.socket_mode <= 0o777:
-            raise ConfigError(f"socket_mode must be a mode like 0o600, got {self.socket_mode:#o}")
+            raise ConfigError(f"socket_mode must be an octal mode like 0o600 (0o660, not 660), "
+                              f"got {self.socket_mode} = {self.socket_mode:#o}")  # fmt: skip
         return self
 
     def resolved_log_dir(self) -> Path:

@@ -73,7 +73,8 @@ class Supervisor(WorkerAPI):
             dispatcher.start()
         if wait:
             self.wait_started()
-        log.info("supervisor started", roles={r: d.state for r, d in self._dispatchers.items()})
+        states = {role: replicas.state.value for role, replicas in self._dispatchers.items()}
+        log.info("supervisor started", roles=states)
         return self
 
     def wait_started(self, timeout: float | None = None) -> bool:

@@ -125,7 +125,7 @@ class EmbedHandler(RoleHandler):
             if n_tokens > limit and not request.truncate:
                 raise InvalidRequest(
                     f"text {index} is {n_tokens} tokens, over the context of {limit} "
-                    "(ask for truncate=True to cut it)"
+                    "(truncate=True, or embed --truncate, cuts it)"
                 )
             sizes.append(min(n_tokens, self.llm.n_batch))
         return sizes

