@@ -92,10 +92,10 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     """Keep one spare worker loaded and waiting: a crashed or hung worker is replaced at
     once (milliseconds, not a model load). Costs a second copy of the model in RAM."""
     coalesce: bool = True
-    """embed: merge calls that queued while the worker was busy into one worker batch
-    when it frees up (each caller still gets its own answer, deadline and errors)."""
+    """embed and rank rerank: merge calls that queued while the worker was busy into one
+    worker batch when it frees up (each caller still gets its own answer and deadline)."""
     coalesce_max_items: int = 256
-    """embed: most texts in one coalesced batch."""
+    """Most texts (embed) or documents (rerank) in one coalesced batch."""
     coalesce_wait_ms: float = 0.0
     """embed: how long a batch waits for more calls to join (0: it takes what queued)."""
     max_restarts: int = 5

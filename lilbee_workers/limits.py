@@ -12,12 +12,20 @@ import math
 from lilbee_workers import catalog
 from lilbee_workers.config import SupervisorConfig
 from lilbee_workers.errors import InvalidRequest
-from lilbee_workers.transport.frames import ChatRequest, EmbedRequest, Request, RerankRequest
+from lilbee_workers.transport.frames import (
+    BatchRequest,
+    ChatRequest,
+    EmbedRequest,
+    Request,
+    RerankRequest,
+)
 
 
 def check_request(role: str, request: Request, config: SupervisorConfig) -> None:
     """Raise ``InvalidRequest`` naming the limit when ``request`` is over one of
     ``role``'s limits. A role that is not configured passes (its dispatcher answers)."""
+    if isinstance(request, BatchRequest):  # it would skip every per-request limit
+        raise InvalidRequest("batch requests are the supervisor's own; send each request")
     role_config = config.roles.get(role)
     if role_config is None:
         return

@@ -1,7 +1,7 @@
-"""Coalescing: embed calls that queued while the worker was busy run as one worker
-batch when it frees up (one ``llama_decode`` for many short texts is 2-2.6x faster than
-one per text). Each caller keeps its own deadline and cancel, and gets its own answer:
-a bad part fails alone.
+"""Coalescing: embed calls (and rank rerank calls) that queued while the worker was
+busy run as one worker batch when it frees up (one ``llama_decode`` for many short texts
+is 2-2.6x faster than one per text). Each caller keeps its own deadline and cancel, and
+gets its own answer: a bad part fails alone.
 """
 
 from __future__ import annotations
@@ -15,38 +15,50 @@ from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
     AnyFrame,
+    BatchRequest,
+    BatchResult,
     ChatChunk,
     ChatResult,
-    EmbedBatchRequest,
-    EmbedBatchResult,
     EmbedRequest,
     EmbedResult,
     ErrorFrame,
     HealthReport,
     Request,
+    RerankRequest,
+    RerankResult,
 )
 
 
-def can_merge(call: Call) -> bool:
-    """Calls whose requests a worker batch can carry (any embed options mix). A call
+def can_merge(call: Call, config: RoleConfig) -> bool:
+    """Calls whose requests a worker batch can carry: embed (any options mix), and
+    rerank with a rank head (generative scoring gains nothing from a batch). A call
     retried on another replica runs alone: it has used its retry, the others have not."""
-    return isinstance(call.request, EmbedRequest) and not call.cancelled and not call.retried
+    request = call.request
+    mergeable = isinstance(request, EmbedRequest) or (
+        isinstance(request, RerankRequest) and config.rerank_mode == "rank"
+    )
+    return mergeable and not call.cancelled and not call.retried
 
 
 def items_of(call: Call) -> int:
-    return len(call.request.texts) if isinstance(call.request, EmbedRequest) else 1
+    """Texts or documents: what ``coalesce_max_items`` counts."""
+    if isinstance(call.request, EmbedRequest):
+        return len(call.request.texts)
+    if isinstance(call.request, RerankRequest):
+        return len(call.request.documents)
+    return 1
 
 
 class MergedCall:
-    """Several queued embed calls run as one ``EmbedBatchRequest`` on one worker."""
+    """Several queued calls of one role run as one ``BatchRequest`` on one worker."""
 
     def __init__(self, parts: list[Call]) -> None:
         self.parts = parts
         self.role = parts[0].role
         requests = [part.request for part in parts]
-        assert all(isinstance(r, EmbedRequest) for r in requests)
-        model = requests[0].model if isinstance(requests[0], EmbedRequest) else None
-        self.request: Request = EmbedBatchRequest(id=0, parts=requests, model=model)  # type: ignore[arg-type]
+        assert all(isinstance(r, (EmbedRequest, RerankRequest)) for r in requests)
+        model = getattr(requests[0], "model", None)
+        self.request: Request = BatchRequest(id=0, parts=requests, model=model)  # type: ignore[arg-type]
         self.expires_at: float | None = None  # each caller waits out its own deadline
         self.chunks_delivered = 0
         self.part_errors: list[bool] = []
@@ -88,7 +100,7 @@ class MergedCall:
 
     def finish(self, frame: AnyFrame) -> None:
         """Hand each caller its own answer (one error frame answers all)."""
-        if isinstance(frame, EmbedBatchResult) and len(frame.parts) == len(self.parts):
+        if isinstance(frame, BatchResult) and len(frame.parts) == len(self.parts):
             for part, answer in zip(self.parts, frame.parts, strict=True):
                 part.finish(answer)
             self.part_errors = [isinstance(answer, ErrorFrame) for answer in frame.parts]
@@ -117,27 +129,31 @@ def calls_of(call: Attempted) -> list[Call]:
     return list(call.parts) if isinstance(call, MergedCall) else [call]  # type: ignore[list-item]
 
 
-def batch_shape(frame: AnyFrame) -> tuple[int, int] | None:
-    """(texts, tokens) of an embed answer, for the batch histograms."""
-    if isinstance(frame, EmbedBatchResult):
-        done = [part for part in frame.parts if isinstance(part, EmbedResult)]
-        return sum(p.count for p in done), sum(p.prompt_tokens for p in done)
-    if isinstance(frame, EmbedResult):
-        return frame.count, frame.prompt_tokens
-    return None
+def batch_shape(frame: AnyFrame) -> tuple[int, int | None] | None:
+    """(texts or documents, tokens if known) of an answer, for the batch histograms."""
+    parts = frame.parts if isinstance(frame, BatchResult) else [frame]
+    embedded = [part for part in parts if isinstance(part, EmbedResult)]
+    if embedded:
+        return sum(p.count for p in embedded), sum(p.prompt_tokens for p in embedded)
+    ranked = [part for part in parts if isinstance(part, RerankResult)]
+    return (sum(len(p.results) for p in ranked), None) if ranked else None
 
 
 def coalesce(call: Call, queue: RoleQueue, config: RoleConfig) -> Attempted:
     """``call`` and the compatible calls queued behind it, as one worker batch."""
-    if not (config.coalesce and can_merge(call)):
+    if not (config.coalesce and can_merge(call, config)):
         return call
     room = config.coalesce_max_items - items_of(call)
     if config.coalesce_wait_ms > 0 and room > 0:
         queue.wait_for_calls(config.coalesce_wait_ms / 1000.0)
-    model = call.request.model if isinstance(call.request, EmbedRequest) else None
+    kind, model = type(call.request), getattr(call.request, "model", None)
 
     def same_model(other: Call) -> bool:
-        return can_merge(other) and getattr(other.request, "model", None) == model
+        return (
+            can_merge(other, config)
+            and type(other.request) is kind
+            and getattr(other.request, "model", None) == model
+        )
 
     more = queue.take_more(same_model, items_of, room)
     return MergedCall([call, *more]) if more else call

@@ -61,11 +61,13 @@ class RoleStats:
         with self._lock:
             self._internal_errors += 1
 
-    def batch(self, texts: int, tokens: int) -> None:
-        """One worker batch of embed texts ran (power-of-two buckets)."""
+    def batch(self, items: int, tokens: int | None) -> None:
+        """One worker batch of embed texts or rerank documents ran (power-of-two
+        buckets; tokens when the answer counts them)."""
         with self._lock:
-            self._batch_sizes[bucket(texts)] += 1
-            self._batch_tokens[bucket(tokens)] += 1
+            self._batch_sizes[bucket(items)] += 1
+            if tokens is not None:
+                self._batch_tokens[bucket(tokens)] += 1
 
     def latency(self, milliseconds: float) -> None:
         with self._lock:

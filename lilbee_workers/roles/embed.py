@@ -18,8 +18,8 @@ from lilbee_workers.roles.base import (
 )
 from lilbee_workers.transport.error_frames import from_frame, to_frame
 from lilbee_workers.transport.frames import (
-    EmbedBatchRequest,
-    EmbedBatchResult,
+    BatchRequest,
+    BatchResult,
     EmbedRequest,
     EmbedResult,
     ErrorFrame,
@@ -47,7 +47,7 @@ def resolve_pooling(setting: str, model_path: str) -> int:
 
 class EmbedHandler(RoleHandler):
     role = "embed"
-    accepts = (EmbedRequest, EmbedBatchRequest)
+    accepts = (EmbedRequest, BatchRequest)
     llm: Llama
 
     def load(self) -> LoadedModel:
@@ -71,16 +71,16 @@ class EmbedHandler(RoleHandler):
         self.llm.embed(["warm up"])
 
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
-        if isinstance(request, EmbedBatchRequest):
+        if isinstance(request, BatchRequest):
             return self.embed_batch(request, ctx)
         assert isinstance(request, EmbedRequest)
-        batch = self.embed_batch(EmbedBatchRequest(id=request.id, parts=[request]), ctx)
+        batch = self.embed_batch(BatchRequest(id=request.id, parts=[request]), ctx)
         [answer] = batch.parts
         if isinstance(answer, ErrorFrame):
             raise from_frame(answer)
         return msgspec.structs.replace(answer, id=request.id)
 
-    def embed_batch(self, request: EmbedBatchRequest, ctx: RequestContext) -> EmbedBatchResult:
+    def embed_batch(self, request: BatchRequest, ctx: RequestContext) -> BatchResult:
         """Embed several callers' texts in shared llama.cpp batches; a part with a bad
         text is answered with its own error and the others are served."""
         answers: list[EmbedResult | ErrorFrame | None] = [None] * len(request.parts)
@@ -89,6 +89,8 @@ class EmbedHandler(RoleHandler):
         owners: list[tuple[int, int, int]] = []  # (part, first text, end)
         for index, part in enumerate(request.parts):
             try:
+                if not isinstance(part, EmbedRequest):
+                    raise InvalidRequest(f"an embed batch holds embed requests, not {part!r}")
                 part_sizes = self.token_counts(part)
             except InvalidRequest as exc:
                 exc.role = self.role
@@ -100,6 +102,7 @@ class EmbedHandler(RoleHandler):
         vectors = self.embed_texts(texts, sizes, ctx)
         for index, first, end in owners:
             part = request.parts[index]
+            assert isinstance(part, EmbedRequest)
             rows = vectors[first:end]
             if part.normalize:
                 norms = np.linalg.norm(rows.astype(np.float64), axis=1, keepdims=True)
@@ -111,7 +114,7 @@ class EmbedHandler(RoleHandler):
                 vectors=rows.tobytes(),
                 prompt_tokens=sum(sizes[first:end]),
             )
-        return EmbedBatchResult(id=request.id, parts=[a for a in answers if a is not None])
+        return BatchResult(id=request.id, parts=[a for a in answers if a is not None])
 
     def token_counts(self, request: EmbedRequest) -> list[int]:
         """Each text's token count as embedded; ``InvalidRequest`` for an empty text or

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
 from lilbee_workers.roles.base import (
     LoadedModel,
@@ -27,7 +29,16 @@ from lilbee_workers.roles.base import (
     model_metadata,
     open_llama,
 )
-from lilbee_workers.transport.frames import Frame, Request, RerankRequest, RerankResult
+from lilbee_workers.transport.error_frames import from_frame, to_frame
+from lilbee_workers.transport.frames import (
+    BatchRequest,
+    BatchResult,
+    ErrorFrame,
+    Frame,
+    Request,
+    RerankRequest,
+    RerankResult,
+)
 from lilbee_workers.types import RerankItem
 
 if TYPE_CHECKING:
@@ -42,7 +53,7 @@ GENERATIVE_PROMPT = (
 
 class RerankHandler(RoleHandler):
     role = "rerank"
-    accepts = (RerankRequest,)
+    accepts = (RerankRequest, BatchRequest)
     llm: Llama
 
     def load(self) -> LoadedModel:
@@ -81,29 +92,42 @@ class RerankHandler(RoleHandler):
         return LoadedModel(n_ctx=self.llm.n_ctx(), n_embd=self.llm.n_embd())
 
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
+        if isinstance(request, BatchRequest):
+            return self.rerank_batch(request, ctx)
         assert isinstance(request, RerankRequest)
-        if request.top_n is not None and request.top_n <= 0:
-            raise InvalidRequest(f"top_n must be > 0, got {request.top_n}")
-        if not request.documents:
-            return RerankResult(id=request.id, results=[])
-        if self.config.rerank_mode == "generative":
-            scores = self._score_generative(request, ctx)
-        else:
-            scores = self._score_rank(request, ctx)
-        order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
-        if request.top_n is not None:
-            order = order[: request.top_n]
-        return RerankResult(
-            id=request.id,
-            results=[
-                RerankItem(
-                    index=i,
-                    score=scores[i],
-                    document=request.documents[i] if request.return_documents else None,
-                )
-                for i in order
-            ],
-        )
+        [answer] = self.rerank_batch(BatchRequest(id=request.id, parts=[request]), ctx).parts
+        if isinstance(answer, ErrorFrame):
+            raise from_frame(answer)
+        return msgspec.structs.replace(answer, id=request.id)
+
+    def rerank_batch(self, request: BatchRequest, ctx: RequestContext) -> BatchResult:
+        """Score several callers' documents; in rank mode their pairs share llama.cpp
+        batches. A part with a bad document is answered with its own error."""
+        answers: list[RerankResult | ErrorFrame | None] = [None] * len(request.parts)
+        pairs: list[list[int]] = []
+        owners: list[tuple[int, int, int]] = []  # (part, first pair, end)
+        for index, part in enumerate(request.parts):
+            try:
+                if not isinstance(part, RerankRequest):
+                    raise InvalidRequest(f"a rerank batch holds rerank requests, not {part!r}")
+                if part.top_n is not None and part.top_n <= 0:
+                    raise InvalidRequest(f"top_n must be > 0, got {part.top_n}")
+                if self.config.rerank_mode == "generative":
+                    answers[index] = ranked(part, self._score_generative(part, ctx))
+                    continue
+                part_pairs = self._pairs(part)
+            except InvalidRequest as exc:
+                exc.role = self.role
+                answers[index] = to_frame(exc, part.id)
+                continue
+            owners.append((index, len(pairs), len(pairs) + len(part_pairs)))
+            pairs += part_pairs
+        scores = self._score_pairs(pairs, ctx) if pairs else []
+        for index, first, end in owners:
+            part = request.parts[index]
+            assert isinstance(part, RerankRequest)
+            answers[index] = ranked(part, scores[first:end])
+        return BatchResult(id=request.id, parts=[a for a in answers if a is not None])
 
     # ------------------------------------------------------------------ rank head
 
@@ -129,11 +153,14 @@ class RerankHandler(RoleHandler):
             doc = doc[:room]
         return [*head, *doc, eos]
 
-    def _score_rank(self, request: RerankRequest, ctx: RequestContext) -> list[float]:
+    def _pairs(self, request: RerankRequest) -> list[list[int]]:
         query = self.llm.tokenize(request.query.encode("utf-8"), add_bos=False, special=False)
-        pairs = [
+        return [
             self._pair(query, doc, i, request.truncate) for i, doc in enumerate(request.documents)
         ]
+
+    def _score_pairs(self, pairs: list[list[int]], ctx: RequestContext) -> list[float]:
+        """Pairs in groups that fit one ``llama_decode`` each; a score per pair."""
         scores: list[float] = []
         group: list[list[int]] = []
         group_tokens = 0
@@ -224,6 +251,21 @@ class RerankHandler(RoleHandler):
             scores.append(p_yes(float(logits[self.yes]), float(logits[self.no])))
             ctx.raise_if_cancelled()
         return scores
+
+
+def ranked(request: RerankRequest, scores: list[float]) -> RerankResult:
+    """The documents best first (the first ``top_n``), with their scores."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+    if request.top_n is not None:
+        order = order[: request.top_n]
+    documents = request.documents if request.return_documents else None
+    return RerankResult(
+        id=request.id,
+        results=[
+            RerankItem(index=i, score=scores[i], document=documents[i] if documents else None)
+            for i in order
+        ],
+    )
 
 
 def p_yes(yes: float, no: float) -> float:

@@ -169,20 +169,21 @@ class EmbedResult(Frame, tag="embed_result"):
     prompt_tokens: int = 0
 
 
-class EmbedBatchRequest(Frame, tag="embed_batch"):
-    """Several callers' embed requests, coalesced into one worker batch. Each part is
-    checked on its own (a bad part fails alone) and answered in ``EmbedBatchResult``."""
+class BatchRequest(Frame, tag="batch"):
+    """Several callers' embed (or rank rerank) requests, all of one role, coalesced into
+    one worker batch by the supervisor (never sent by clients). Each part is checked on
+    its own (a bad part fails alone) and answered in ``BatchResult``."""
 
     id: int
-    parts: list[EmbedRequest]
+    parts: list[EmbedRequest | RerankRequest]
     model: str | None = None
 
 
-class EmbedBatchResult(Frame, tag="embed_batch_result"):
-    """One answer per part of an ``EmbedBatchRequest``, in order."""
+class BatchResult(Frame, tag="batch_result"):
+    """One answer per part of a ``BatchRequest``, in order."""
 
     id: int
-    parts: list[EmbedResult | ErrorFrame]
+    parts: list[EmbedResult | RerankResult | ErrorFrame]
 
 
 class ChatChunk(Frame, tag="chunk"):
@@ -325,7 +326,7 @@ class UnloadRequest(Frame, tag="unload"):
 
 Request = (
     EmbedRequest
-    | EmbedBatchRequest
+    | BatchRequest
     | ChatRequest
     | CompleteRequest
     | RerankRequest
@@ -355,7 +356,7 @@ DataReply = (
     Ready
     | LoadFailed
     | EmbedResult
-    | EmbedBatchResult
+    | BatchResult
     | ChatChunk
     | ChatResult
     | RerankResult
@@ -390,7 +391,6 @@ AnyFrame = Request | DataReply | HealthCommand | HealthReport | SocketRequest | 
 
 ROLE_OF_REQUEST: dict[type, str] = {
     EmbedRequest: "embed",
-    EmbedBatchRequest: "embed",
     ChatRequest: "chat",
     CompleteRequest: "chat",
     RerankRequest: "rerank",
@@ -402,8 +402,10 @@ def role_of(request: Request) -> str:
     """The role a request is for (noop and debug requests name theirs)."""
     if isinstance(request, (NoopRequest, DebugRequest)):
         return request.role
+    if isinstance(request, BatchRequest):
+        return role_of(request.parts[0]) if request.parts else "embed"
     return ROLE_OF_REQUEST[type(request)]
 
 
-FINAL_REPLIES = (EmbedResult, EmbedBatchResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
+FINAL_REPLIES = (EmbedResult, BatchResult, ChatResult, RerankResult, NoopResult, ErrorFrame)
 """Frames that end a request."""

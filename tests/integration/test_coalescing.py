@@ -1,5 +1,5 @@
-"""Coalescing: embed calls that queue while the worker is busy run as one worker batch,
-and each caller still gets its own right answer (issue 11)."""
+"""Coalescing: embed (and rank rerank) calls that queue while the worker is busy run as
+one worker batch, and each caller still gets its own right answer (issue 11)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ TEXTS = [f"bees visit flower number {i} and bring back nectar" for i in range(12
 
 
 def run_while_busy(
-    sup: Supervisor, calls: list[Callable[[], Any]], queued: int | None = None
+    sup: Supervisor, calls: list[Callable[[], Any]], queued: int | None = None, role: str = "embed"
 ) -> list[Any]:
-    """Hold the embed worker with a 1.5 s debug sleep, queue ``calls`` from threads
+    """Hold the role's worker with a 1.5 s debug sleep, queue ``calls`` from threads
     meanwhile, and return each call's result (or the exception it raised)."""
     results: list[Any] = [None] * len(calls)
-    blocker = sup.submit("embed", DebugRequest(id=0, action="sleep", seconds=1.5))
-    wait_until(lambda: sup.status()[0].in_flight == 1, what="worker busy")
+    blocker = sup.submit(role, DebugRequest(id=0, action="sleep", seconds=1.5, role=role))
+    wait_until(lambda: sup.role_status(role).in_flight == 1, what="worker busy")
 
     def run(index: int) -> None:
         try:
@@ -36,7 +36,7 @@ def run_while_busy(
     for thread in threads:
         thread.start()
     expected = len(calls) if queued is None else queued
-    wait_until(lambda: sup.status()[0].queued >= expected, timeout=20, what="calls queued")
+    wait_until(lambda: sup.role_status(role).queued >= expected, timeout=20, what="queued")
     blocker.next_frame(30)
     for thread in threads:
         thread.join(60)
@@ -85,3 +85,52 @@ def test_each_merged_caller_keeps_its_own_deadline(embed_sup: Supervisor) -> Non
     reference = embed_sup.embed([TEXTS[1]])[0]
     for got in results[1:]:
         assert np.abs(got[0] - reference).max() < 5e-3
+
+
+# ---------------------------------------------------------------- rank rerank
+
+QUERIES = ["what do bees make", "rust code", "cats and dogs", "sweet honey", "rain", "sun"]
+DOCS = ["bees make honey", "rust code", "the cat and the dog", "honey is sweet", "sun and rain"]
+
+
+@pytest.fixture
+def rerank_sup(make_config: Callable[..., SupervisorConfig], tiny_reranker: str) -> Any:
+    with Supervisor(make_config({"rerank": {"model": tiny_reranker, "n_ctx": 256}})) as sup:
+        yield sup
+
+
+def test_coalesced_rank_scores_equal_each_pair_decoded_alone(
+    rerank_sup: Supervisor, tiny_reranker: str
+) -> None:
+    from test_rerank import rank_reference
+
+    before = dict(rerank_sup.role_status("rerank").batch_sizes)
+    calls = [lambda q=q: rerank_sup.rerank(q, DOCS) for q in QUERIES]
+    results = run_while_busy(rerank_sup, calls, role="rerank")
+    after = rerank_sup.role_status("rerank").batch_sizes
+    assert after.get("16-31", 0) == before.get("16-31", 0) + 1, after  # 6 calls x 5 docs, once
+    for query, items in zip(QUERIES, results, strict=True):
+        assert isinstance(items, list), items
+        reference, _ = rank_reference(tiny_reranker, 256, query, DOCS)
+        got = {item.index: item.score for item in items}
+        assert sorted(got) == list(range(len(DOCS)))
+        for index, want in enumerate(reference):
+            assert abs(got[index] - want) <= 1e-3, (query, index, got[index], want)
+
+
+def test_a_bad_document_in_a_merged_rerank_fails_only_its_caller(
+    rerank_sup: Supervisor, tiny_reranker: str
+) -> None:
+    from test_rerank import rank_reference
+
+    calls: list[Callable[[], Any]] = [lambda q=q: rerank_sup.rerank(q, DOCS) for q in QUERIES[:3]]
+    calls.insert(1, lambda: rerank_sup.rerank("bees", ["fine", "honey " * 400]))  # too long
+    calls.append(lambda: rerank_sup.rerank("bees", DOCS, top_n=2, return_documents=True))
+    results = run_while_busy(rerank_sup, calls, role="rerank")
+    assert isinstance(results[1], InvalidRequest) and "document 1 with the query" in str(results[1])
+    for query, items in zip(QUERIES[:3], [results[0], *results[2:4]], strict=True):
+        reference, _ = rank_reference(tiny_reranker, 256, query, DOCS)
+        assert all(abs(item.score - reference[item.index]) <= 1e-3 for item in items)
+    top = results[4]
+    assert len(top) == 2 and all(item.document == DOCS[item.index] for item in top)
+    assert top[0].score >= top[1].score
