@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from overhead import noop_ratios
-from peers import peer_rows, replica_recovery, rerank_rows
+from peers import concurrent, peer_rows, replica_recovery, rerank_rows
 
 from lilbee_workers import Client, RoleConfig, Supervisor, SupervisorConfig
 from lilbee_workers.api import WorkerAPI
@@ -45,32 +45,13 @@ TEXT = "worker bees gather nectar from the flowers near hive {}"
 
 def embed_load(api: WorkerAPI, callers: int, calls: int) -> dict[str, float]:
     """``callers`` threads, each embedding one short text ``calls`` times."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    start = threading.Barrier(callers + 1)
 
-    def caller(index: int) -> None:
-        start.wait()
-        for call in range(calls):
-            began = time.perf_counter()
-            api.embed([TEXT.format(index * 1000 + call)])
-            with lock:
-                latencies.append(time.perf_counter() - began)
+    def one(index: int, call: int) -> int:
+        api.embed([TEXT.format(index * 1000 + call)])
+        return 1
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "texts_per_s": callers * calls / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-    }
+    figures = concurrent(callers, calls, one)
+    return {"texts_per_s": figures.pop("items_per_s"), **figures}
 
 
 def compare(on: WorkerAPI, off: WorkerAPI, callers: int, calls: int, rounds: int) -> dict[str, Any]:
