@@ -8,12 +8,10 @@ import base64
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -22,54 +20,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FAST, pid_alive
-from daemon_helpers import DaemonProcess, write_config
+from http_helpers import HttpDaemon, start_http_daemon
 from lilbee_workers import Client
 from tiny_models import png_bytes
 
 TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def gemma_name(http: HttpDaemon) -> str:
     """The name the bundled gemma goes by over HTTP: its file name without .gguf."""
-    with Client(http.process.socket) as client:
-        return Path({s.role: s.model for s in client.status()}["chat"]).stem
-
-
-class HttpDaemon:
-    def __init__(self, process: DaemonProcess, port: int) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-
-    def openai(self, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **options)
-
-
-def start_http_daemon(root: Path, roles: dict[str, dict[str, Any]], **top: Any) -> HttpDaemon:
-    port = free_port()
-    config = write_config(
-        root / "w.toml",
-        roles,
-        log_dir=str(root / "logs"),
-        http_listen=f"127.0.0.1:{port}",
-        **top,
-    )
-    process = DaemonProcess(config)
-    process.wait_ready()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-            return HttpDaemon(process, port)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.stop()
-    raise AssertionError("the HTTP face never answered")
+    return Path(http.status("chat").model).stem
 
 
 @pytest.fixture(scope="module")
