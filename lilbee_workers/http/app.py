@@ -23,7 +23,7 @@ from lilbee_workers.aio import AsyncChatStream, AsyncWorkerAPI
 from lilbee_workers.api import WorkerAPI, vectors_of
 from lilbee_workers.errors import ProtocolError, WorkerError
 from lilbee_workers.http import metrics, shapes
-from lilbee_workers.http.errors import HttpError, error_body, retry_after, worker_error_body
+from lilbee_workers.http.errors import HttpError, error_body, retry_headers, worker_error_body
 from lilbee_workers.http.schemas import (
     ChatCompletionBody,
     CompletionBody,
@@ -259,7 +259,7 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 async def _worker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WorkerError)
     status, body = worker_error_body(exc)
-    return _json(body, status, retry_after(status))
+    return _json(body, status, retry_headers(status, exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -327,3 +327,4 @@ def test_a_failed_role_is_503_with_retry_after(broken: HttpDaemon) -> None:
         broken.openai().embeddings.create(model="embed", input="x")
     assert caught.value.status_code == 503
     assert caught.value.response.headers["retry-after"] == "1"
+    assert "x-should-retry" not in caught.value.response.headers  # it may come back

@@ -16,13 +16,15 @@ from lilbee_workers.errors import (
     ConfigError,
     DaemonUnreachable,
     InvalidRequest,
+    ModelError,
     Overloaded,
+    ProtocolError,
     WorkerCrashed,
     WorkerTimeout,
     WorkerUnavailable,
 )
 from lilbee_workers.http.app import BearerAuth
-from lilbee_workers.http.errors import status_of
+from lilbee_workers.http.errors import retry_headers, status_of, worker_error_body
 from lilbee_workers.http.metrics import render
 from lilbee_workers.types import LATENCY_BUCKETS_MS, RoleStatus
 
@@ -91,6 +93,7 @@ def test_a_short_api_key_is_refused(tmp_path: object) -> None:
         (DaemonUnreachable("x"), 503),
         (WorkerTimeout("x"), 504),
         (WorkerCrashed("x"), 502),
+        (ProtocolError("x"), 502),  # a frame we could not read is our fault, not the client's
     ],
 )
 def test_errors_map_to_the_status_codes_clients_expect(error: Exception, status: int) -> None:
@@ -112,3 +115,13 @@ def test_latency_histogram_is_cumulative_in_seconds() -> None:
     [total] = [s.value for s in histogram.samples if s.name.endswith("_sum")]
     assert total == 61.0
     assert all(s.labels["model"] == "x" for s in histogram.samples)
+
+
+def test_a_poison_request_says_do_not_retry_and_retryable_errors_do_not() -> None:
+    poison = WorkerCrashed("chat worker failed on this request 2 times (poison request?)")
+    status, _ = worker_error_body(poison)
+    assert status == 502 and retry_headers(status, poison) == {"x-should-retry": "false"}
+    assert retry_headers(500, ModelError("x")) == {"x-should-retry": "false"}
+    assert retry_headers(503, WorkerUnavailable("x")) == {"Retry-After": "1"}
+    assert retry_headers(504, WorkerTimeout("x")) == {}
+    assert retry_headers(400, InvalidRequest("x")) == {}
