@@ -4,26 +4,27 @@ Every blocking wait on a worker runs in a thread (``asyncio.to_thread``), so the
 loop never blocks; ``serve`` gives the loop a thread pool as large as the connections it
 admits. A streaming client that disconnects cancels its generation: the stream's
 generator is cancelled, and closing the ``ChatStream`` cancels the call in the worker.
+``guard`` checks requests first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from lilbee_workers.aio import AsyncChatStream, AsyncWorkerAPI
 from lilbee_workers.api import WorkerAPI, vectors_of
 from lilbee_workers.errors import ProtocolError, WorkerError
 from lilbee_workers.http import metrics, shapes
 from lilbee_workers.http.errors import HttpError, error_body, retry_headers, worker_error_body
+from lilbee_workers.http.guard import Guard
 from lilbee_workers.http.schemas import (
     ChatCompletionBody,
     CompletionBody,
@@ -41,13 +42,22 @@ _DEFAULT_TEMPERATURE = 0.8  # llama.cpp's server default (OpenAI's is 1.0)
 class HttpFace:
     """The endpoints, bound to one ``WorkerAPI`` (the daemon's ``Supervisor``)."""
 
-    def __init__(self, api: WorkerAPI, max_body_bytes: int, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        api: WorkerAPI,
+        max_body_bytes: int,
+        api_key: str | None = None,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
         self.api = api
         self.aio = AsyncWorkerAPI(api)
         self.max_body_bytes = max_body_bytes
-        self.api_key = api_key
+        self.guard = Guard(self._routes(), listen_host, api_key)
 
     def app(self) -> ASGIApp:
+        return self.guard
+
+    def _routes(self) -> ASGIApp:
         routes = [
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
@@ -57,11 +67,8 @@ class HttpFace:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-        app = Starlette(
-            routes=routes,
-            exception_handlers={WorkerError: _worker_error, HttpError: _http_error},
-        )
-        return BearerAuth(app, self.api_key) if self.api_key else app
+        handlers = {WorkerError: _worker_error, HttpError: _http_error}
+        return Starlette(routes=routes, exception_handlers=handlers)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -226,26 +233,6 @@ class HttpFace:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-
-
-class BearerAuth:
-    """Every path but ``/health`` needs ``Authorization: Bearer <key>`` (constant-time)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = error_body(
-                    "missing or wrong API key", "invalid_request_error", "unauthorized"
-                )
-                headers = {"WWW-Authenticate": "Bearer"}
-                await JSONResponse(body, 401, headers)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _too_large(limit: int) -> HttpError:

@@ -36,7 +36,7 @@ class HttpServer:
         api_key = _read_key(config.http_api_key_file) if config.http_api_key_file else None
         if api_key is None and not is_loopback(self.host):
             raise ConfigError(f"http_listen {config.http_listen} needs http_api_key_file")
-        face = HttpFace(api, config.http_max_body_bytes, api_key)
+        face = HttpFace(api, config.http_max_body_bytes, api_key, self.host)
         self._uvicorn = uvicorn.Server(
             uvicorn.Config(
                 face.app(),

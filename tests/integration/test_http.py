@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FAST, pid_alive
-from http_helpers import HttpDaemon, start_http_daemon
+from http_helpers import JSON, HttpDaemon, start_http_daemon
 from lilbee_workers import Client
 from tiny_models import png_bytes
 
@@ -164,8 +164,31 @@ def test_bad_requests_are_400_and_unknown_models_404(http: HttpDaemon) -> None:
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):  # a path is never a model name
         client.embeddings.create(model="/etc/passwd", input="x")
-    response = httpx.post(http.url + "/v1/embeddings", content=b"{not json")
+    response = httpx.post(http.url + "/v1/embeddings", content=b"{not json", headers=JSON)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_a_browser_cannot_drive_the_loopback_api(http: HttpDaemon) -> None:
+    body = json.dumps({"input": "bees"}).encode()
+    plain = httpx.post(
+        http.url + "/v1/embeddings", content=body, headers={"Content-Type": "text/plain"}
+    )
+    assert plain.status_code == 415 and plain.json()["error"]["code"] == "unsupported_media_type"
+    form = httpx.post(http.url + "/v1/embeddings", data={"input": "bees"})
+    assert form.status_code == 415
+    rebound = httpx.get(http.url + "/v1/models", headers={"Host": f"evil.example:{http.port}"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "misdirected_request"
+    foreign = httpx.post(
+        http.url + "/v1/embeddings",
+        json={"input": "bees"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "bad_origin"
+    for host in (f"localhost:{http.port}", f"127.0.0.1:{http.port}"):
+        ok = httpx.post(http.url + "/v1/embeddings", content=body, headers={**JSON, "Host": host})
+        assert ok.status_code == 200
+    local = httpx.get(http.url + "/v1/models", headers={"Origin": "http://localhost:3000"})
+    assert local.status_code == 200
 
 
 def test_rerank_equals_the_socket_clients(http: HttpDaemon, socket_client: Client) -> None:
@@ -210,7 +233,7 @@ def test_health_and_metrics_agree_with_status(http: HttpDaemon, socket_client: C
 
 def test_a_body_over_the_cap_is_refused_before_it_is_read(http: HttpDaemon) -> None:
     big = json.dumps({"input": "x" * 100_000}).encode()
-    response = httpx.post(http.url + "/v1/embeddings", content=big)
+    response = httpx.post(http.url + "/v1/embeddings", content=big, headers=JSON)
     assert response.status_code == 413
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams in
@@ -219,7 +242,7 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(http: HttpDaemon) -> N
             yield b"x" * 1024
         yield b'"}'
 
-    response = httpx.post(http.url + "/v1/embeddings", content=chunks())
+    response = httpx.post(http.url + "/v1/embeddings", content=chunks(), headers=JSON)
     assert response.status_code == 413
     assert httpx.get(http.url + "/health").status_code == 200
 
