@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -67,7 +68,7 @@ class HttpFace:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-        handlers = {WorkerError: _worker_error, HttpError: _http_error}
+        handlers = {WorkerError: _worker_error, HttpError: _http_error, HTTPException: _no_route}
         return Starlette(routes=routes, exception_handlers=handlers)
 
     # ------------------------------------------------------------------ endpoints
@@ -253,3 +254,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     return _json(error_body(exc.message, kind, exc.code, exc.param), exc.status)
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no such path) and 405 (wrong method), in OpenAI's body."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = error_body(message, "invalid_request_error", code)
+    return _json(body, exc.status_code, dict(exc.headers or {}))

@@ -191,6 +191,15 @@ def test_a_browser_cannot_drive_the_loopback_api(http: HttpDaemon) -> None:
     assert local.status_code == 200
 
 
+def test_unknown_paths_and_wrong_methods_get_openai_error_bodies(http: HttpDaemon) -> None:
+    missing = httpx.post(http.url + "/v1/nothing", json={})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(http.url + "/v1/embeddings")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_rerank_equals_the_socket_clients(http: HttpDaemon, socket_client: Client) -> None:
     documents = ["bees make honey", "stocks fell", "hives and bees"]
     response = httpx.post(
