@@ -2,14 +2,13 @@
 
 Every blocking wait on a worker runs in a thread (``asyncio.to_thread``), so the event
 loop never blocks; ``serve`` gives the loop a thread pool as large as the connections it
-admits. A streaming client that disconnects cancels its generation: the stream's
-generator is cancelled, and closing the ``ChatStream`` cancels the call in the worker.
-``guard`` checks requests first.
+admits. A client that disconnects cancels its call: before its answer (or first chunk)
+``waiting`` notices; mid-stream, the stream's generator is cancelled, and closing the
+``ChatStream`` cancels the call in the worker. ``guard`` checks requests first.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, TypeVar
 
 import msgspec
@@ -32,7 +31,8 @@ from lilbee_workers.http.schemas import (
     EmbeddingsBody,
     RerankBody,
 )
-from lilbee_workers.transport.frames import EmbedRequest, EmbedResult
+from lilbee_workers.http.waiting import final_frame, unless_gone
+from lilbee_workers.transport.frames import EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from lilbee_workers.types import RoleState
 
 B = TypeVar("B")
@@ -78,7 +78,7 @@ class HttpFace:
         model, wanted = self._model("embed", body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         embed = EmbedRequest(id=0, texts=texts, model=wanted)
-        frame = await asyncio.to_thread(self.api._final, "embed", embed, None)
+        frame = await final_frame(self.api, request, "embed", embed)
         if not isinstance(frame, EmbedResult):
             raise ProtocolError(f"expected embeddings, got {type(frame).__name__}")
         vectors = vectors_of(frame)
@@ -116,7 +116,7 @@ class HttpFace:
                 seed=body.seed,
                 model=wanted,
             )
-        return await self._answer(stream, model, chat=True, streaming=body.stream)
+        return await self._answer(request, stream, model, chat=True, streaming=body.stream)
 
     async def completions(self, request: Request) -> Response:
         body = await self._body(request, CompletionBody)
@@ -132,21 +132,25 @@ class HttpFace:
             seed=body.seed,
             model=wanted,
         )
-        return await self._answer(stream, model, chat=False, streaming=body.stream)
+        return await self._answer(request, stream, model, chat=False, streaming=body.stream)
 
     async def rerank(self, request: Request) -> Response:
         body = await self._body(request, RerankBody)
         model, wanted = self._model("rerank", body.model)
         documents = [d if isinstance(d, str) else d.text for d in body.documents]
-        items = await self.aio.rerank(
-            body.query,
-            documents,
+        rerank = RerankRequest(
+            id=0,
+            query=body.query,
+            documents=documents,
             top_n=body.top_n,
             return_documents=body.return_documents,
             model=wanted,
         )
+        frame = await final_frame(self.api, request, "rerank", rerank)
+        if not isinstance(frame, RerankResult):
+            raise ProtocolError(f"expected a rerank result, got {type(frame).__name__}")
         results: list[dict[str, Any]] = []
-        for item in items:
+        for item in frame.results:
             result: dict[str, Any] = {"index": item.index, "relevance_score": item.score}
             if body.return_documents:
                 result["document"] = {"text": item.document}
@@ -212,18 +216,26 @@ class HttpFace:
         )
 
     async def _answer(
-        self, stream: AsyncChatStream, model: str, *, chat: bool, streaming: bool
+        self,
+        request: Request,
+        stream: AsyncChatStream,
+        model: str,
+        *,
+        chat: bool,
+        streaming: bool,
     ) -> Response:
+        """The whole answer, or (``streaming``) its server-sent events; a client that
+        leaves before the answer or the first chunk cancels the call."""
         if not streaming:
             try:
-                result = await stream.collect()
+                result = await unless_gone(request, stream.collect(), stream.aclose)
             finally:
                 await stream.aclose()
             return _json(shapes.completion(result.text, result.finish_reason, model, chat, result))
         # The first chunk is read before the headers go out, so an error the worker
         # answers at once (a prompt over the context) gets its real status code.
         try:
-            first = await stream.__anext__()
+            first: str | None = await unless_gone(request, stream.__anext__(), stream.aclose)
         except StopAsyncIteration:
             first = None
         except BaseException:

@@ -1,5 +1,6 @@
 """The HTTP face's calls over their lifetime, against a real daemon with real workers:
-a poison request is not retried by the openai client."""
+a client that leaves cancels its call (queued or waiting for its first chunk), a poison
+request is not retried by the openai client."""
 
 from __future__ import annotations
 
@@ -7,19 +8,24 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from conftest import FAST
 from http_helpers import HttpDaemon, start_http_daemon, wait_until
+from lilbee_workers import Client, testing
+from lilbee_workers.errors import WorkerError
+from lilbee_workers.transport.frames import DebugRequest
 
 
 @pytest.fixture(scope="module")
 def busy(
     tmp_path_factory: pytest.TempPathFactory, model_path: str, tiny_reranker: str
 ) -> Iterator[HttpDaemon]:
-    """embed, chat and rerank with fault injection on."""
+    """embed, chat and rerank that a socket client can keep busy with debug sleeps."""
     daemon = start_http_daemon(
         tmp_path_factory.mktemp("busy"),
         {
@@ -30,6 +36,54 @@ def busy(
     )
     yield daemon
     assert daemon.process.stop() == 0
+
+
+def hold(daemon: HttpDaemon, role: str, seconds: float) -> threading.Thread:
+    """A call that keeps ``role``'s worker busy for ``seconds``; returns once it runs."""
+
+    def run() -> None:
+        with Client(daemon.process.socket) as client:
+            try:
+                sleep = DebugRequest(id=0, action="sleep", seconds=seconds)
+                testing.debug(client, role, sleep, 60)
+            except WorkerError:
+                pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: daemon.status(role).in_flight == 1, 30, f"the {role} blocker to run")
+    return thread
+
+
+CALLS: list[tuple[str, str, dict[str, Any]]] = [
+    ("embed", "/v1/embeddings", {"input": "bees make honey"}),
+    ("rerank", "/v1/rerank", {"query": "bees", "documents": ["hives", "stocks"]}),
+    ("chat", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                      "max_tokens": 4}),
+    ("chat", "/v1/completions", {"prompt": "Honey is", "max_tokens": 4}),
+    ("chat", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                      "max_tokens": 4, "stream": True}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("role", "path", "body"), CALLS)
+def test_a_queued_call_whose_client_left_never_runs(
+    busy: HttpDaemon, role: str, path: str, body: dict[str, Any]
+) -> None:
+    """The client times out while its call waits behind a 4 s one: the call leaves the
+    queue at once (streaming too: no chunk had come), and the worker never runs it."""
+    blocker = hold(busy, role, 4.0)
+    served = busy.status(role).served
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream("POST", busy.url + path, json=body, timeout=1.0) as response,
+    ):
+        response.read()
+    wait_until(lambda: busy.status(role).queued == 0, 1.0, "the dropped call to leave the queue")
+    assert blocker.is_alive(), "the blocker ended before the check"
+    blocker.join(30)
+    wait_until(lambda: busy.status(role).in_flight == 0, 10, f"{role} to be idle")
+    assert busy.status(role).served == served + 1  # the blocker only
 
 
 def test_a_poison_request_is_sent_once_by_the_openai_client(busy: HttpDaemon) -> None:
