@@ -41,7 +41,9 @@ _DEFAULT_TEMPERATURE = 0.8  # llama.cpp's server default (OpenAI's is 1.0)
 
 
 class HttpFace:
-    """The endpoints, bound to one ``WorkerAPI`` (the daemon's ``Supervisor``)."""
+    """The endpoints, bound to one ``WorkerAPI`` (the daemon's ``Supervisor``).
+
+    ``max_body_bytes`` and ``api_key`` may be changed while serving (``configure``)."""
 
     def __init__(
         self,
@@ -54,6 +56,11 @@ class HttpFace:
         self.aio = AsyncWorkerAPI(api)
         self.max_body_bytes = max_body_bytes
         self.guard = Guard(self._routes(), listen_host, api_key)
+
+    def configure(self, max_body_bytes: int, api_key: str | None) -> None:
+        """Take a reloaded config's body cap and API key (None: loopback, no key)."""
+        self.max_body_bytes = max_body_bytes
+        self.guard.api_key = api_key
 
     def app(self) -> ASGIApp:
         return self.guard

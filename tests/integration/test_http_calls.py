@@ -1,6 +1,6 @@
 """The HTTP face's calls over their lifetime, against a real daemon with real workers:
 a client that leaves cancels its call (queued or waiting for its first chunk), a poison
-request is not retried by the openai client."""
+request is not retried by the openai client, and SIGHUP takes a rotated API key."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,8 @@ import openai
 import pytest
 
 from conftest import FAST
-from http_helpers import HttpDaemon, start_http_daemon, wait_until
+from daemon_helpers import write_config
+from http_helpers import JSON, HttpDaemon, free_port, start_http_daemon, wait_until
 from lilbee_workers import Client, testing
 from lilbee_workers.errors import WorkerError
 from lilbee_workers.transport.frames import DebugRequest
@@ -130,3 +132,42 @@ def test_a_poison_request_is_sent_once_by_the_openai_client(busy: HttpDaemon) ->
     after = busy.status("chat")
     assert after.restarts == before.restarts + 2
     assert after.served == before.served  # no retry from the client ran it again
+
+
+def test_sighup_takes_a_rotated_key_and_a_new_body_cap(tmp_path: Path, model_path: str) -> None:
+    key_file = tmp_path / "key"
+    old_key, new_key = "old-" + "a" * 28, "new-" + "b" * 28
+    key_file.write_text(old_key + "\n")
+    roles = {"embed": {"model": model_path, "n_ctx": 256, **FAST}}
+    top = {"http_api_key_file": str(key_file), "http_max_body_bytes": 64 * 1024}
+    daemon = start_http_daemon(tmp_path, roles, **top)
+    padded = b'{"input": "bees", "pad": "' + b"x" * 4000 + b'"}'
+
+    def post(key: str, content: bytes = b'{"input": "bees"}') -> int:
+        headers = {**JSON, "Authorization": f"Bearer {key}"}
+        return httpx.post(
+            daemon.url + "/v1/embeddings", content=content, headers=headers
+        ).status_code
+
+    try:
+        assert post(old_key) == 200 and post(new_key) == 401
+        assert post(old_key, padded) == 200
+        key_file.write_text(new_key + "\n")
+        other_port = free_port()
+        write_config(
+            tmp_path / "w.toml",
+            roles,
+            log_dir=str(tmp_path / "logs"),
+            http_listen=f"127.0.0.1:{other_port}",
+            http_api_key_file=str(key_file),
+            http_max_body_bytes=2048,
+        )
+        daemon.process.signal(signal.SIGHUP)
+        wait_until(lambda: post(old_key) == 401, 30, "the old key to be refused")
+        assert post(new_key) == 200
+        assert post(new_key, padded) == 413
+        # http_listen cannot move without a restart: it says so, and serves on.
+        wait_until(lambda: "need a daemon restart" in daemon.process.output(), 10, "the note")
+        assert f"127.0.0.1:{other_port}" in daemon.process.output()
+    finally:
+        assert daemon.process.stop() == 0
