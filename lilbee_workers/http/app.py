@@ -103,7 +103,7 @@ class HttpFace:
         temperature = _DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
         image = shapes.image_of(body.messages)
         if image is not None:
-            model, wanted = self._model("vision", body.model)
+            model, wanted = self._model("vision", body.model, aliases=("chat",))
             stream = await self.aio.vision(
                 image,
                 shapes.last_user_text(body.messages) or None,
@@ -203,13 +203,22 @@ class HttpFace:
         except msgspec.DecodeError as exc:
             raise HttpError(400, f"request body is not JSON: {exc}", "invalid_json") from None
 
-    def _model(self, role: str, requested: str | None) -> tuple[str, str | None]:
+    def _model(
+        self, role: str, requested: str | None, aliases: tuple[str, ...] = ()
+    ) -> tuple[str, str | None]:
         """(the name the answer reports, the model to ask the role for: None for its
-        default); 404 when ``requested`` is not one of the role's models."""
+        default); 404 when ``requested`` is not the role, an alias, or one of its models."""
         status = {s.role: s for s in self.api.status()}.get(role)
         if status is None:
+            if role == "vision":
+                raise HttpError(
+                    400,
+                    "a message has an image, but no vision role is configured here",
+                    "invalid_request",
+                    "messages",
+                )
             raise HttpError(404, f"no {role} role is configured", "model_not_found", "model")
-        if requested in (None, "", role):
+        if requested in (None, "", role, *aliases):
             default = status.models[0] if status.models else metrics.model_name(status.model)
             return default, None
         if requested in status.models:

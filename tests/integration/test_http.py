@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -166,6 +167,32 @@ def test_bad_requests_are_400_and_unknown_models_404(http: HttpDaemon) -> None:
         client.embeddings.create(model="/etc/passwd", input="x")
     response = httpx.post(http.url + "/v1/embeddings", content=b"{not json", headers=JSON)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def _image_message() -> list[dict[str, Any]]:
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in the picture?"},
+                {"type": "image_url", "image_url": {"url": image}},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize("alias", ["chat", "vision"])
+def test_an_image_message_may_name_the_chat_or_vision_role(http: HttpDaemon, alias: str) -> None:
+    before = _served(http, "vision")
+    answer = http.openai().chat.completions.create(
+        model=alias,
+        messages=_image_message(),
+        max_tokens=2,
+    )
+    assert answer.choices[0].message.content is not None
+    assert answer.model == gemma_name(http)
+    assert _served(http, "vision") == before + 1
 
 
 def test_a_browser_cannot_drive_the_loopback_api(http: HttpDaemon) -> None:
@@ -360,3 +387,10 @@ def test_a_failed_role_is_503_with_retry_after(broken: HttpDaemon) -> None:
     assert caught.value.status_code == 503
     assert caught.value.response.headers["retry-after"] == "1"
     assert "x-should-retry" not in caught.value.response.headers  # it may come back
+
+
+def test_an_image_without_a_vision_role_is_400_naming_messages(broken: HttpDaemon) -> None:
+    with pytest.raises(openai.BadRequestError, match="no vision role") as caught:
+        broken.openai().chat.completions.create(model="chat", messages=_image_message())
+    assert caught.value.param == "messages"
+    assert caught.value.type == "invalid_request_error"
