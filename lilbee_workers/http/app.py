@@ -98,7 +98,7 @@ class HttpFace:
 
     async def chat_completions(self, request: Request) -> Response:
         body = await self._body(request, ChatCompletionBody)
-        shapes.one_choice(body.n)
+        shapes.refuse_unsupported(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         temperature = _DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
         image = shapes.image_of(body.messages)
@@ -115,7 +115,7 @@ class HttpFace:
         else:
             model, wanted = self._model("chat", body.model)
             stream = await self.aio.chat(
-                [{"role": m.role, "content": shapes.text_of(m)} for m in body.messages],
+                shapes.chat_messages(body.messages),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=0.95 if body.top_p is None else body.top_p,
@@ -123,7 +123,7 @@ class HttpFace:
                 seed=body.seed,
                 model=wanted,
             )
-        return await self._answer(request, stream, model, chat=True, streaming=body.stream)
+        return await self._answer(request, stream, model, chat=True, body=body)
 
     async def completions(self, request: Request) -> Response:
         body = await self._body(request, CompletionBody)
@@ -139,7 +139,7 @@ class HttpFace:
             seed=body.seed,
             model=wanted,
         )
-        return await self._answer(request, stream, model, chat=False, streaming=body.stream)
+        return await self._answer(request, stream, model, chat=False, body=body)
 
     async def rerank(self, request: Request) -> Response:
         body = await self._body(request, RerankBody)
@@ -238,11 +238,11 @@ class HttpFace:
         model: str,
         *,
         chat: bool,
-        streaming: bool,
+        body: ChatCompletionBody | CompletionBody,
     ) -> Response:
-        """The whole answer, or (``streaming``) its server-sent events; a client that
-        leaves before the answer or the first chunk cancels the call."""
-        if not streaming:
+        """The whole answer, or (``stream``) its server-sent events; a client that leaves
+        before the answer or the first chunk cancels the call."""
+        if not body.stream:
             try:
                 result = await unless_gone(request, stream.collect(), stream.aclose)
             finally:
@@ -257,8 +257,9 @@ class HttpFace:
         except BaseException:
             await stream.aclose()
             raise
+        usage = body.stream_options is not None and bool(body.stream_options.include_usage)
         return StreamingResponse(
-            shapes.events(stream, first, model, chat),
+            shapes.events(stream, first, model, chat, usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

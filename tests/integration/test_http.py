@@ -227,6 +227,97 @@ def test_unknown_paths_and_wrong_methods_get_openai_error_bodies(http: HttpDaemo
     assert wrong.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_include_usage_ends_the_stream_with_a_usage_chunk(http: HttpDaemon) -> None:
+    client = http.openai()
+    messages = [{"role": "user", "content": "Name a flower."}]
+    whole = client.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=6,
+        temperature=0.0,
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="chat",
+            messages=messages,
+            max_tokens=6,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    text = list(
+        client.completions.create(
+            model="chat",
+            prompt="Honey is made by",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert text[-1].choices == [] and text[-1].usage is not None
+    assert text[-1].usage.completion_tokens == 4
+
+
+def test_a_developer_message_is_a_system_message(http: HttpDaemon) -> None:
+    def answer(role: str) -> str | None:
+        messages = [
+            {"role": role, "content": "Answer in one word."},
+            {"role": "user", "content": "Name a flower."},
+        ]
+        reply = http.openai().chat.completions.create(
+            model="chat",
+            messages=messages,
+            max_tokens=8,
+            temperature=0.0,
+        )
+        return reply.choices[0].message.content
+
+    assert answer("developer") == answer("system")
+
+
+def test_null_n_and_stream_mean_the_defaults(http: HttpDaemon) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "n": None,
+        "stream": None,
+    }
+    response = httpx.post(http.url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200 and response.json()["object"] == "chat.completion"
+    prompt = {"prompt": "Honey is", "max_tokens": 2, "n": None, "stream": None}
+    assert httpx.post(http.url + "/v1/completions", json=prompt).status_code == 200
+
+
+def test_tools_and_json_mode_are_refused_not_ignored(http: HttpDaemon) -> None:
+    client = http.openai()
+    messages = [{"role": "user", "content": "What is the weather?"}]
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="chat", messages=messages, tools=[tool])
+    assert caught.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="chat",
+            messages=messages,
+            response_format={"type": "json_object"},
+        )
+    assert caught.value.param == "response_format"
+    plain = client.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=2,
+        response_format={"type": "text"},
+        tools=[],
+    )
+    assert plain.choices[0].message.content is not None
+
+
 def test_rerank_equals_the_socket_clients(http: HttpDaemon, socket_client: Client) -> None:
     documents = ["bees make honey", "stocks fell", "hives and bees"]
     response = httpx.post(
