@@ -346,16 +346,17 @@ def test_health_and_metrics_agree_with_status(http: HttpDaemon, socket_client: C
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    embed_labels = (("model", gemma_name(http)), ("role", "embed"))
-    ok = samples[("lilbee_requests_total", (*embed_labels[:1], ("outcome", "ok"), embed_labels[1]))]
+    embed = (("role", "embed"),)  # series are per role: a model switch keeps the history
+    ok = samples[("lilbee_requests_total", (("outcome", "ok"), *embed))]
     assert ok == statuses["embed"].served >= 1
-    count = samples[("lilbee_request_latency_seconds_count", embed_labels)]
+    count = samples[("lilbee_request_latency_seconds_count", embed)]
     assert count == sum(statuses["embed"].latency_buckets) >= 1
-    state = ("lilbee_role_state", (*embed_labels[:1], embed_labels[1], ("state", "ready")))
-    assert samples[state] == 1.0
-    assert samples[("lilbee_worker_rss_bytes", embed_labels)] > 10_000_000
-    chat = (("model", gemma_name(http)), ("role", "chat"))
+    assert samples[("lilbee_role_state", (*embed, ("state", "ready")))] == 1.0
+    assert samples[("lilbee_worker_rss_bytes", embed)] > 10_000_000
+    chat = (("role", "chat"),)
     assert samples[("lilbee_tokens_generated_total", chat)] == statuses["chat"].tokens_generated > 0
+    assert samples[("lilbee_role_model", (("model", gemma_name(http)), *embed))] == 1.0
+    assert not [key for key in samples if key[0] != "lilbee_role_model" and "model" in dict(key[1])]
 
 
 def test_a_body_over_the_cap_is_refused_before_it_is_read(http: HttpDaemon) -> None:

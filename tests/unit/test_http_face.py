@@ -1,5 +1,5 @@
 """The HTTP face's pure parts: the guard (bearer auth, Host, Origin, Content-Type), the
-listen/key config rules, error mapping, the Prometheus histogram. The endpoints themselves
+listen/key config rules, error mapping, the Prometheus series. The endpoints themselves
 are tested against a real daemon in tests/integration/test_http.py."""
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_latency_histogram_is_cumulative_in_seconds() -> None:
     assert buckets["60"] == 3 and buckets["+Inf"] == 4
     [total] = [s.value for s in histogram.samples if s.name.endswith("_sum")]
     assert total == 61.0
-    assert all(s.labels["model"] == "x" for s in histogram.samples)
+    assert all(s.labels == {"role": "embed"} for s in histogram.samples if "le" not in s.labels)
 
 
 JSON = {"Content-Type": "application/json"}
@@ -194,3 +194,25 @@ def test_a_poison_request_says_do_not_retry_and_retryable_errors_do_not() -> Non
     assert retry_headers(503, WorkerUnavailable("x")) == {"Retry-After": "1"}
     assert retry_headers(504, WorkerTimeout("x")) == {}
     assert retry_headers(400, InvalidRequest("x")) == {}
+
+
+def test_series_are_labelled_by_role_and_the_model_is_an_info_gauge() -> None:
+    before = RoleStatus(role="chat", state="ready", model="/m/a.gguf", model_name="a", served=7)
+    after = RoleStatus(role="chat", state="ready", model="/m/b.gguf", model_name="b", served=8)
+
+    def samples(status: RoleStatus) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = render(lambda: [status]).decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    ok = ("lilbee_requests_total", (("outcome", "ok"), ("role", "chat")))
+    assert samples(before)[ok] == 7 and samples(after)[ok] == 8  # one series across the switch
+    assert samples(after)[("lilbee_role_model", (("model", "b"), ("role", "chat")))] == 1.0
+    assert all(
+        "model" not in dict(labels)
+        for name, labels in samples(after)
+        if name != "lilbee_role_model"
+    )
