@@ -26,6 +26,7 @@ from lilbee_workers.errors import (
 from lilbee_workers.http.errors import retry_headers, status_of, worker_error_body
 from lilbee_workers.http.guard import Guard, host_of
 from lilbee_workers.http.metrics import render
+from lilbee_workers.parent.policy import crashed_error
 from lilbee_workers.types import LATENCY_BUCKETS_MS, RoleStatus
 
 KEY = "k" * 32
@@ -187,9 +188,11 @@ def test_host_of_strips_the_port() -> None:
 
 
 def test_a_poison_request_says_do_not_retry_and_retryable_errors_do_not() -> None:
-    poison = WorkerCrashed("chat worker failed on this request 2 times (poison request?)")
+    poison = crashed_error("chat", 2, "killed by signal SIGKILL", 0, "/l/chat.log", "")
     status, _ = worker_error_body(poison)
     assert status == 502 and retry_headers(status, poison) == {"x-should-retry": "false"}
+    once = crashed_error("chat", 1, "killed", 4, "/l/chat.log", "")  # one crash, mid-stream
+    assert retry_headers(502, once) == {}
     assert retry_headers(500, ModelError("x")) == {"x-should-retry": "false"}
     assert retry_headers(503, WorkerUnavailable("x")) == {"Retry-After": "1"}
     assert retry_headers(504, WorkerTimeout("x")) == {}
