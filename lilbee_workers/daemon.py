@@ -192,16 +192,26 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
+            apply_http = self.http.reload(new) if self.http is not None else None
             changed = self.supervisor.reload(new)
         except (ConfigError, InvalidRequest) as exc:
             log.error("reload rejected; the old config keeps serving", error=str(exc))
             if not self._stop.is_set():
                 self.notifier.ready(f"reload rejected: {exc}; {self._status_line()}")
             return
+        if apply_http is not None:
+            needs_restart = apply_http()
+        elif new.http_listen:
+            needs_restart = [f"http_listen {new.http_listen} (HTTP is off)"]
+        else:
+            needs_restart = []
         self.config = new
-        log.info("config reloaded", restarted=changed)
+        if needs_restart:
+            log.warning("reload: these settings need a daemon restart", settings=needs_restart)
+        log.info("config reloaded", restarted=changed, needs_restart=needs_restart)
         if not self._stop.is_set():
-            self.notifier.ready(self._status_line())
+            pending = f"needs restart: {', '.join(needs_restart)}; " if needs_restart else ""
+            self.notifier.ready(pending + self._status_line())
 
     # ------------------------------------------------------------------ shutdown
 

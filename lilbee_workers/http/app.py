@@ -2,35 +2,37 @@
 
 Every blocking wait on a worker runs in a thread (``asyncio.to_thread``), so the event
 loop never blocks; ``serve`` gives the loop a thread pool as large as the connections it
-admits. A streaming client that disconnects cancels its generation: the stream's
-generator is cancelled, and closing the ``ChatStream`` cancels the call in the worker.
+admits. A client that disconnects cancels its call: before its answer (or first chunk)
+``waiting`` notices; mid-stream, the stream's generator is cancelled, and closing the
+``ChatStream`` cancels the call in the worker. ``guard`` checks requests first.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from lilbee_workers.aio import AsyncChatStream, AsyncWorkerAPI
 from lilbee_workers.api import WorkerAPI, vectors_of
 from lilbee_workers.errors import ProtocolError, WorkerError
 from lilbee_workers.http import metrics, shapes
-from lilbee_workers.http.errors import HttpError, error_body, retry_after, worker_error_body
+from lilbee_workers.http.errors import HttpError, error_body, retry_headers, worker_error_body
+from lilbee_workers.http.guard import Guard
 from lilbee_workers.http.schemas import (
     ChatCompletionBody,
     CompletionBody,
     EmbeddingsBody,
     RerankBody,
 )
-from lilbee_workers.transport.frames import EmbedRequest, EmbedResult
+from lilbee_workers.http.waiting import final_frame, unless_gone
+from lilbee_workers.transport.frames import EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from lilbee_workers.types import RoleState
 
 B = TypeVar("B")
@@ -39,15 +41,31 @@ _DEFAULT_TEMPERATURE = 0.8  # llama.cpp's server default (OpenAI's is 1.0)
 
 
 class HttpFace:
-    """The endpoints, bound to one ``WorkerAPI`` (the daemon's ``Supervisor``)."""
+    """The endpoints, bound to one ``WorkerAPI`` (the daemon's ``Supervisor``).
 
-    def __init__(self, api: WorkerAPI, max_body_bytes: int, api_key: str | None = None) -> None:
+    ``max_body_bytes`` and ``api_key`` may be changed while serving (``configure``)."""
+
+    def __init__(
+        self,
+        api: WorkerAPI,
+        max_body_bytes: int,
+        api_key: str | None = None,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
         self.api = api
         self.aio = AsyncWorkerAPI(api)
         self.max_body_bytes = max_body_bytes
-        self.api_key = api_key
+        self.guard = Guard(self._routes(), listen_host, api_key)
+
+    def configure(self, max_body_bytes: int, api_key: str | None) -> None:
+        """Take a reloaded config's body cap and API key (None: loopback, no key)."""
+        self.max_body_bytes = max_body_bytes
+        self.guard.api_key = api_key
 
     def app(self) -> ASGIApp:
+        return self.guard
+
+    def _routes(self) -> ASGIApp:
         routes = [
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
@@ -57,11 +75,8 @@ class HttpFace:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-        app = Starlette(
-            routes=routes,
-            exception_handlers={WorkerError: _worker_error, HttpError: _http_error},
-        )
-        return BearerAuth(app, self.api_key) if self.api_key else app
+        handlers = {WorkerError: _worker_error, HttpError: _http_error, HTTPException: _no_route}
+        return Starlette(routes=routes, exception_handlers=handlers)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -70,7 +85,7 @@ class HttpFace:
         model, wanted = self._model("embed", body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         embed = EmbedRequest(id=0, texts=texts, model=wanted)
-        frame = await asyncio.to_thread(self.api._final, "embed", embed, None)
+        frame = await final_frame(self.api, request, "embed", embed)
         if not isinstance(frame, EmbedResult):
             raise ProtocolError(f"expected embeddings, got {type(frame).__name__}")
         vectors = vectors_of(frame)
@@ -83,12 +98,12 @@ class HttpFace:
 
     async def chat_completions(self, request: Request) -> Response:
         body = await self._body(request, ChatCompletionBody)
-        shapes.one_choice(body.n)
+        shapes.refuse_unsupported(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         temperature = _DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
         image = shapes.image_of(body.messages)
         if image is not None:
-            model, wanted = self._model("vision", body.model)
+            model, wanted = self._model("vision", body.model, aliases=("chat",))
             stream = await self.aio.vision(
                 image,
                 shapes.last_user_text(body.messages) or None,
@@ -100,7 +115,7 @@ class HttpFace:
         else:
             model, wanted = self._model("chat", body.model)
             stream = await self.aio.chat(
-                [{"role": m.role, "content": shapes.text_of(m)} for m in body.messages],
+                shapes.chat_messages(body.messages),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=0.95 if body.top_p is None else body.top_p,
@@ -108,7 +123,7 @@ class HttpFace:
                 seed=body.seed,
                 model=wanted,
             )
-        return await self._answer(stream, model, chat=True, streaming=body.stream)
+        return await self._answer(request, stream, model, chat=True, body=body)
 
     async def completions(self, request: Request) -> Response:
         body = await self._body(request, CompletionBody)
@@ -124,21 +139,25 @@ class HttpFace:
             seed=body.seed,
             model=wanted,
         )
-        return await self._answer(stream, model, chat=False, streaming=body.stream)
+        return await self._answer(request, stream, model, chat=False, body=body)
 
     async def rerank(self, request: Request) -> Response:
         body = await self._body(request, RerankBody)
         model, wanted = self._model("rerank", body.model)
         documents = [d if isinstance(d, str) else d.text for d in body.documents]
-        items = await self.aio.rerank(
-            body.query,
-            documents,
+        rerank = RerankRequest(
+            id=0,
+            query=body.query,
+            documents=documents,
             top_n=body.top_n,
             return_documents=body.return_documents,
             model=wanted,
         )
+        frame = await final_frame(self.api, request, "rerank", rerank)
+        if not isinstance(frame, RerankResult):
+            raise ProtocolError(f"expected a rerank result, got {type(frame).__name__}")
         results: list[dict[str, Any]] = []
-        for item in items:
+        for item in frame.results:
             result: dict[str, Any] = {"index": item.index, "relevance_score": item.score}
             if body.return_documents:
                 result["document"] = {"text": item.document}
@@ -184,13 +203,22 @@ class HttpFace:
         except msgspec.DecodeError as exc:
             raise HttpError(400, f"request body is not JSON: {exc}", "invalid_json") from None
 
-    def _model(self, role: str, requested: str | None) -> tuple[str, str | None]:
+    def _model(
+        self, role: str, requested: str | None, aliases: tuple[str, ...] = ()
+    ) -> tuple[str, str | None]:
         """(the name the answer reports, the model to ask the role for: None for its
-        default); 404 when ``requested`` is not one of the role's models."""
+        default); 404 when ``requested`` is not the role, an alias, or one of its models."""
         status = {s.role: s for s in self.api.status()}.get(role)
         if status is None:
+            if role == "vision":
+                raise HttpError(
+                    400,
+                    "a message has an image, but no vision role is configured here",
+                    "invalid_request",
+                    "messages",
+                )
             raise HttpError(404, f"no {role} role is configured", "model_not_found", "model")
-        if requested in (None, "", role):
+        if requested in (None, "", role, *aliases):
             default = status.models[0] if status.models else metrics.model_name(status.model)
             return default, None
         if requested in status.models:
@@ -204,48 +232,37 @@ class HttpFace:
         )
 
     async def _answer(
-        self, stream: AsyncChatStream, model: str, *, chat: bool, streaming: bool
+        self,
+        request: Request,
+        stream: AsyncChatStream,
+        model: str,
+        *,
+        chat: bool,
+        body: ChatCompletionBody | CompletionBody,
     ) -> Response:
-        if not streaming:
+        """The whole answer, or (``stream``) its server-sent events; a client that leaves
+        before the answer or the first chunk cancels the call."""
+        if not body.stream:
             try:
-                result = await stream.collect()
+                result = await unless_gone(request, stream.collect(), stream.aclose)
             finally:
                 await stream.aclose()
             return _json(shapes.completion(result.text, result.finish_reason, model, chat, result))
         # The first chunk is read before the headers go out, so an error the worker
         # answers at once (a prompt over the context) gets its real status code.
         try:
-            first = await stream.__anext__()
+            first: str | None = await unless_gone(request, stream.__anext__(), stream.aclose)
         except StopAsyncIteration:
             first = None
         except BaseException:
             await stream.aclose()
             raise
+        usage = body.stream_options is not None and bool(body.stream_options.include_usage)
         return StreamingResponse(
-            shapes.events(stream, first, model, chat),
+            shapes.events(stream, first, model, chat, usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-
-
-class BearerAuth:
-    """Every path but ``/health`` needs ``Authorization: Bearer <key>`` (constant-time)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = error_body(
-                    "missing or wrong API key", "invalid_request_error", "unauthorized"
-                )
-                headers = {"WWW-Authenticate": "Bearer"}
-                await JSONResponse(body, 401, headers)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _too_large(limit: int) -> HttpError:
@@ -259,10 +276,19 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 async def _worker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WorkerError)
     status, body = worker_error_body(exc)
-    return _json(body, status, retry_after(status))
+    return _json(body, status, retry_headers(status, exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
     return _json(error_body(exc.message, kind, exc.code, exc.param), exc.status)
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no such path) and 405 (wrong method), in OpenAI's body."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = error_body(message, "invalid_request_error", code)
+    return _json(body, exc.status_code, dict(exc.headers or {}))

@@ -35,7 +35,7 @@ class HttpError(Exception):
 # (status, OpenAI error type); the first match wins, so subclasses come first.
 _BY_CLASS: list[tuple[type[WorkerError], int, str]] = [
     (InvalidRequest, 400, "invalid_request_error"),
-    (ProtocolError, 400, "invalid_request_error"),
+    (ProtocolError, 502, "server_error"),  # a frame we could not read: our fault, not the body's
     (AccessDenied, 403, "permission_error"),
     (Overloaded, 429, "rate_limit_error"),
     (WorkerTimeout, 504, "timeout_error"),
@@ -67,5 +67,12 @@ def worker_error_body(error: WorkerError) -> tuple[int, Any]:
     return status, error_body(message, kind, error.kind)
 
 
-def retry_after(status: int) -> dict[str, str]:
-    return {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}
+def retry_headers(status: int, error: WorkerError | None = None) -> dict[str, str]:
+    """``Retry-After`` on 429 and 503; ``x-should-retry: false`` on a 5xx that a retry
+    cannot help (a non-retryable error, such as a poison request that killed its worker
+    twice), which the official openai clients obey instead of retrying on their own."""
+    if status in (429, 503):
+        return {"Retry-After": str(RETRY_AFTER_S)}
+    if status >= 500 and error is not None and not error.retryable:
+        return {"x-should-retry": "false"}
+    return {}

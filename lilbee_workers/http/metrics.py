@@ -1,8 +1,9 @@
 """``/metrics``: the figures ``status`` shows, in Prometheus text format.
 
 A collector reads ``status()`` at scrape time, so nothing is counted twice and the
-numbers always agree with ``lilbee-workers status``. Labels: ``role`` and ``model``
-(the model file's name without ``.gguf``).
+numbers always agree with ``lilbee-workers status``. Every series is labelled by
+``role`` only, so a role's history stays one series when it switches models;
+``lilbee_role_model{role, model}`` (always 1) names the model it has loaded.
 """
 
 from __future__ import annotations
@@ -22,13 +23,26 @@ from prometheus_client.registry import Collector
 from lilbee_workers.types import LATENCY_BUCKETS_MS, RoleState, RoleStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_LABELS = ["role", "model"]
 
 
 def model_name(model: str) -> str:
     """The name a model goes by over HTTP: its file name without ``.gguf``."""
     name = Path(model).name
     return name[: -len(".gguf")] if name.endswith(".gguf") else name
+
+
+# (name, help, type, the figure of a status): one series per role.
+_SIMPLE: list[tuple[str, str, type[CounterMetricFamily | GaugeMetricFamily], str]] = [
+    ("lilbee_tokens_generated", "Completion tokens generated.", CounterMetricFamily,
+     "tokens_generated"),
+    ("lilbee_worker_restarts", "Workers replaced after a crash or hang.", CounterMetricFamily,
+     "restarts"),
+    ("lilbee_retries", "Calls re-run on a fresh worker.", CounterMetricFamily, "retried"),
+    ("lilbee_queue_depth", "Calls waiting.", GaugeMetricFamily, "queued"),
+    ("lilbee_in_flight", "Calls running.", GaugeMetricFamily, "in_flight"),
+    ("lilbee_worker_rss_bytes", "Resident memory of the worker.", GaugeMetricFamily,
+     "rss_bytes"),
+]  # fmt: skip
 
 
 class StatusCollector(Collector):
@@ -40,44 +54,34 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         roles = self._status()
         requests = CounterMetricFamily(
-            "lilbee_requests", "Calls answered, by outcome.", labels=[*_LABELS, "outcome"]
+            "lilbee_requests", "Calls answered, by outcome.", labels=["role", "outcome"]
         )
         latency = HistogramMetricFamily(
-            "lilbee_request_latency_seconds", "Call latency in the supervisor.", labels=_LABELS
+            "lilbee_request_latency_seconds", "Call latency in the supervisor.", labels=["role"]
         )
-        tokens = CounterMetricFamily(
-            "lilbee_tokens_generated", "Completion tokens generated.", labels=_LABELS
-        )
-        restarts = CounterMetricFamily(
-            "lilbee_worker_restarts", "Workers replaced after a crash or hang.", labels=_LABELS
-        )
-        retries = CounterMetricFamily(
-            "lilbee_retries", "Calls re-run on a fresh worker.", labels=_LABELS
-        )
-        queued = GaugeMetricFamily("lilbee_queue_depth", "Calls waiting.", labels=_LABELS)
-        in_flight = GaugeMetricFamily("lilbee_in_flight", "Calls running.", labels=_LABELS)
-        rss = GaugeMetricFamily(
-            "lilbee_worker_rss_bytes", "Resident memory of the worker.", labels=_LABELS
-        )
+        simple = [kind(name, text, labels=["role"]) for name, text, kind, _ in _SIMPLE]
         state = GaugeMetricFamily(
-            "lilbee_role_state", "1 for the role's current state.", labels=[*_LABELS, "state"]
+            "lilbee_role_state", "1 for the role's current state.", labels=["role", "state"]
         )
+        loaded = GaugeMetricFamily(
+            "lilbee_role_model", "1, labelled with the model the role has loaded.",
+            labels=["role", "model"],
+        )  # fmt: skip
         for status in roles:
-            labels = [status.role, status.model_name or model_name(status.model)]
-            requests.add_metric([*labels, "ok"], status.served)
-            requests.add_metric([*labels, "error"], status.errors)
+            role = status.role
+            requests.add_metric([role, "ok"], status.served)
+            requests.add_metric([role, "error"], status.errors)
             latency.add_metric(
-                labels, _cumulative(status.latency_buckets), status.latency_sum_ms / 1000.0
+                [role], _cumulative(status.latency_buckets), status.latency_sum_ms / 1000.0
             )
-            tokens.add_metric(labels, status.tokens_generated)
-            restarts.add_metric(labels, status.restarts)
-            retries.add_metric(labels, status.retried)
-            queued.add_metric(labels, status.queued)
-            in_flight.add_metric(labels, status.in_flight)
-            rss.add_metric(labels, status.rss_bytes)
+            for family, (_, _, _, field) in zip(simple, _SIMPLE, strict=True):
+                family.add_metric([role], getattr(status, field))
             for name in RoleState:
-                state.add_metric([*labels, name.value], 1.0 if status.state == name.value else 0.0)
-        yield from (requests, latency, tokens, restarts, retries, queued, in_flight, rss, state)
+                state.add_metric([role, name.value], 1.0 if status.state == name.value else 0.0)
+            model = status.model_name or model_name(status.model)
+            if model:
+                loaded.add_metric([role, model], 1.0)
+        yield from (requests, latency, *simple, state, loaded)
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:

@@ -1,8 +1,10 @@
 """Run the HTTP face on a thread of the daemon (uvicorn on its own event loop).
 
 The listening socket is bound here, before uvicorn starts, so a port in use is a clear
-error at start rather than a log line from a thread. The loop's default thread pool is
-as large as the connections uvicorn admits: each waiting request holds one thread.
+error at start rather than a log line from a thread. A reload takes a new API key (the
+key file is read again) and body cap; a new ``http_listen`` needs a restart. The loop's
+default thread pool is as large as the connections uvicorn admits: each waiting request
+holds one thread.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,14 +35,13 @@ class HttpServer:
     accepting and waits for the thread."""
 
     def __init__(self, config: SupervisorConfig, api: WorkerAPI) -> None:
+        self.listen = config.http_listen
         self.host, self.port = parse_listen(config.http_listen)
-        api_key = _read_key(config.http_api_key_file) if config.http_api_key_file else None
-        if api_key is None and not is_loopback(self.host):
-            raise ConfigError(f"http_listen {config.http_listen} needs http_api_key_file")
-        face = HttpFace(api, config.http_max_body_bytes, api_key)
+        api_key = self._key(config)
+        self.face = HttpFace(api, config.http_max_body_bytes, api_key, self.host)
         self._uvicorn = uvicorn.Server(
             uvicorn.Config(
-                face.app(),
+                self.face.app(),
                 lifespan="off",
                 log_level="warning",
                 access_log=False,
@@ -50,6 +52,29 @@ class HttpServer:
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._socket: socket.socket | None = None
         self.authenticated = api_key is not None
+
+    def _key(self, config: SupervisorConfig) -> str | None:
+        """The key ``config`` names, read now; ``ConfigError`` if a reachable address
+        would have none."""
+        api_key = _read_key(config.http_api_key_file) if config.http_api_key_file else None
+        if api_key is None and not is_loopback(self.host):
+            raise ConfigError(f"http_listen {self.listen} needs http_api_key_file")
+        return api_key
+
+    def reload(self, config: SupervisorConfig) -> Callable[[], list[str]]:
+        """Check a reloaded config's ``http_*`` settings (the key file is read again, so
+        a rotated key takes effect); ``ConfigError`` if they are bad. The function
+        returned applies them, and returns what needs a restart of the daemon instead."""
+        api_key = self._key(config)
+
+        def apply() -> list[str]:
+            self.face.configure(config.http_max_body_bytes, api_key)
+            self.authenticated = api_key is not None
+            if config.http_listen != self.listen:
+                return [f"http_listen {config.http_listen or '(off)'} (serving {self.listen})"]
+            return []
+
+        return apply
 
     def bind(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET

@@ -18,39 +18,51 @@ import msgspec
 from lilbee_workers.aio import AsyncChatStream
 from lilbee_workers.errors import WorkerError
 from lilbee_workers.http.errors import HttpError, worker_error_body
-from lilbee_workers.http.schemas import EmbeddingsBody, ImagePart, Message, TextPart
+from lilbee_workers.http.schemas import (
+    ChatCompletionBody,
+    EmbeddingsBody,
+    ImagePart,
+    Message,
+    TextPart,
+)
 
 
 async def events(
-    stream: AsyncChatStream, first: str | None, model: str, chat: bool
+    stream: AsyncChatStream, first: str | None, model: str, chat: bool, usage: bool = False
 ) -> AsyncIterator[str]:
-    """Server-sent events: chunks, a last one with the finish reason, ``[DONE]``; an
-    error after the first chunk is an ``error`` event (the status was already sent)."""
+    """Server-sent events: chunks, a last one with the finish reason, with ``usage`` a
+    chunk with no choices and the token counts (OpenAI's ``include_usage``), then
+    ``[DONE]``; an error after the first chunk is an ``error`` event (the status was
+    already sent)."""
     response_id, created = ident(chat), int(time.time())
 
-    def event(text: str | None, finish: str | None, opening: bool = False) -> str:
-        if chat:
-            delta: dict[str, str] = {} if text is None else {"content": text}
-            if opening:
-                delta["role"] = "assistant"
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-            kind = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        frame = {"id": response_id, "object": kind, "created": created, "model": model,
-                 "choices": [choice]}  # fmt: skip
+    def event(choices: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        frame: dict[str, Any] = {"id": response_id, "object": kind, "created": created,
+                                 "model": model, "choices": choices}  # fmt: skip
+        if usage:
+            frame["usage"] = counts
         return f"data: {msgspec.json.encode(frame).decode()}\n\n"
+
+    def choice(text: str | None, finish: str | None, opening: bool = False) -> dict[str, Any]:
+        if not chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        delta: dict[str, str] = {} if text is None else {"content": text}
+        if opening:
+            delta["role"] = "assistant"
+        return {"index": 0, "delta": delta, "finish_reason": finish}
 
     try:
         if chat:
-            yield event("", None, opening=True)
+            yield event([choice("", None, opening=True)])
         if first is not None:
-            yield event(first, None)
+            yield event([choice(first, None)])
             async for text in stream:
-                yield event(text, None)
+                yield event([choice(text, None)])
         result = stream.result
-        yield event(None, result.finish_reason if result is not None else "stop")
+        yield event([choice(None, result.finish_reason if result is not None else "stop")])
+        if usage and result is not None:
+            yield event([], usage_of(result))
         yield "data: [DONE]\n\n"
     except WorkerError as exc:
         _, body = worker_error_body(exc)
@@ -59,12 +71,16 @@ async def events(
         await stream.aclose()  # a client gone mid-stream: cancel the generation
 
 
-def completion(text: str, finish: str, model: str, chat: bool, result: Any) -> dict[str, Any]:
-    usage = {
+def usage_of(result: Any) -> dict[str, int]:
+    return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
+
+
+def completion(text: str, finish: str, model: str, chat: bool, result: Any) -> dict[str, Any]:
+    usage = usage_of(result)
     if chat:
         message = {"role": "assistant", "content": text}
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
@@ -137,6 +153,34 @@ def single(prompts: list[str]) -> str:
     return prompts[0]
 
 
-def one_choice(n: int) -> None:
-    if n != 1:
+def one_choice(n: int | None) -> None:
+    if n not in (None, 1):
         raise HttpError(400, "n: only n = 1 is supported", "invalid_request", "n")
+
+
+def refuse_unsupported(body: ChatCompletionBody) -> None:
+    """A 400 naming the parameter, for what a chat body asks that we cannot honour
+    (rather than answering as if it had not asked)."""
+    one_choice(body.n)
+    for name in ("tools", "functions"):
+        if getattr(body, name):
+            raise HttpError(
+                400, f"{name}: tool and function calling is not supported", "invalid_request", name
+            )
+    kind = None if body.response_format is None else body.response_format.get("type")
+    if body.response_format is not None and kind != "text":
+        raise HttpError(
+            400,
+            f"response_format: only {{'type': 'text'}} is supported, got {kind!r}",
+            "invalid_request",
+            "response_format",
+        )
+
+
+def chat_messages(messages: list[Message]) -> list[dict[str, str]]:
+    """The messages as the chat role takes them; ``developer`` (OpenAI's newer name for
+    ``system``) becomes ``system``."""
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": text_of(m)}
+        for m in messages
+    ]

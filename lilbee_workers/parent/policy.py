@@ -52,7 +52,8 @@ def crashed_error(
     log_path: str,
     log_tail: str,
 ) -> WorkerCrashed:
-    """The error a caller gets when recovery gives up on a call."""
+    """The error a caller gets when recovery gives up on a call: ``retryable`` after one
+    crash (mid-stream: a fresh try may well work), not after a crash on every attempt."""
     if chunks_delivered:
         message = (
             f"{role} worker failed mid-stream after {chunks_delivered} chunk(s) had been "
@@ -65,7 +66,9 @@ def crashed_error(
         )
     else:
         message = f"{role} worker failed: {reason}"
-    return WorkerCrashed(message, role=role, log_path=log_path, log_tail=log_tail)
+    error = WorkerCrashed(message, role=role, log_path=log_path, log_tail=log_tail)
+    error.retryable = attempts < MAX_ATTEMPTS_PER_CALL
+    return error
 
 
 def unavailable_error(

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,54 +21,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FAST, pid_alive
-from daemon_helpers import DaemonProcess, write_config
+from http_helpers import JSON, HttpDaemon, start_http_daemon
 from lilbee_workers import Client
 from tiny_models import png_bytes
 
 TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def gemma_name(http: HttpDaemon) -> str:
     """The name the bundled gemma goes by over HTTP: its file name without .gguf."""
-    with Client(http.process.socket) as client:
-        return Path({s.role: s.model for s in client.status()}["chat"]).stem
-
-
-class HttpDaemon:
-    def __init__(self, process: DaemonProcess, port: int) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-
-    def openai(self, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **options)
-
-
-def start_http_daemon(root: Path, roles: dict[str, dict[str, Any]], **top: Any) -> HttpDaemon:
-    port = free_port()
-    config = write_config(
-        root / "w.toml",
-        roles,
-        log_dir=str(root / "logs"),
-        http_listen=f"127.0.0.1:{port}",
-        **top,
-    )
-    process = DaemonProcess(config)
-    process.wait_ready()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-            return HttpDaemon(process, port)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.stop()
-    raise AssertionError("the HTTP face never answered")
+    return Path(http.status("chat").model).stem
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +165,157 @@ def test_bad_requests_are_400_and_unknown_models_404(http: HttpDaemon) -> None:
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):  # a path is never a model name
         client.embeddings.create(model="/etc/passwd", input="x")
-    response = httpx.post(http.url + "/v1/embeddings", content=b"{not json")
+    response = httpx.post(http.url + "/v1/embeddings", content=b"{not json", headers=JSON)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def _image_message() -> list[dict[str, Any]]:
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in the picture?"},
+                {"type": "image_url", "image_url": {"url": image}},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize("alias", ["chat", "vision"])
+def test_an_image_message_may_name_the_chat_or_vision_role(http: HttpDaemon, alias: str) -> None:
+    before = _served(http, "vision")
+    answer = http.openai().chat.completions.create(
+        model=alias,
+        messages=_image_message(),
+        max_tokens=2,
+    )
+    assert answer.choices[0].message.content is not None
+    assert answer.model == gemma_name(http)
+    assert _served(http, "vision") == before + 1
+
+
+def test_a_browser_cannot_drive_the_loopback_api(http: HttpDaemon) -> None:
+    body = json.dumps({"input": "bees"}).encode()
+    plain = httpx.post(
+        http.url + "/v1/embeddings", content=body, headers={"Content-Type": "text/plain"}
+    )
+    assert plain.status_code == 415 and plain.json()["error"]["code"] == "unsupported_media_type"
+    form = httpx.post(http.url + "/v1/embeddings", data={"input": "bees"})
+    assert form.status_code == 415
+    rebound = httpx.get(http.url + "/v1/models", headers={"Host": f"evil.example:{http.port}"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "misdirected_request"
+    foreign = httpx.post(
+        http.url + "/v1/embeddings",
+        json={"input": "bees"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "bad_origin"
+    for host in (f"localhost:{http.port}", f"127.0.0.1:{http.port}"):
+        ok = httpx.post(http.url + "/v1/embeddings", content=body, headers={**JSON, "Host": host})
+        assert ok.status_code == 200
+    local = httpx.get(http.url + "/v1/models", headers={"Origin": "http://localhost:3000"})
+    assert local.status_code == 200
+
+
+def test_unknown_paths_and_wrong_methods_get_openai_error_bodies(http: HttpDaemon) -> None:
+    missing = httpx.post(http.url + "/v1/nothing", json={})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(http.url + "/v1/embeddings")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_include_usage_ends_the_stream_with_a_usage_chunk(http: HttpDaemon) -> None:
+    client = http.openai()
+    messages = [{"role": "user", "content": "Name a flower."}]
+    whole = client.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=6,
+        temperature=0.0,
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="chat",
+            messages=messages,
+            max_tokens=6,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    text = list(
+        client.completions.create(
+            model="chat",
+            prompt="Honey is made by",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert text[-1].choices == [] and text[-1].usage is not None
+    assert text[-1].usage.completion_tokens == 4
+
+
+def test_a_developer_message_is_a_system_message(http: HttpDaemon) -> None:
+    def answer(role: str) -> str | None:
+        messages = [
+            {"role": role, "content": "Answer in one word."},
+            {"role": "user", "content": "Name a flower."},
+        ]
+        reply = http.openai().chat.completions.create(
+            model="chat",
+            messages=messages,
+            max_tokens=8,
+            temperature=0.0,
+        )
+        return reply.choices[0].message.content
+
+    assert answer("developer") == answer("system")
+
+
+def test_null_n_and_stream_mean_the_defaults(http: HttpDaemon) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "n": None,
+        "stream": None,
+    }
+    response = httpx.post(http.url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200 and response.json()["object"] == "chat.completion"
+    prompt = {"prompt": "Honey is", "max_tokens": 2, "n": None, "stream": None}
+    assert httpx.post(http.url + "/v1/completions", json=prompt).status_code == 200
+
+
+def test_tools_and_json_mode_are_refused_not_ignored(http: HttpDaemon) -> None:
+    client = http.openai()
+    messages = [{"role": "user", "content": "What is the weather?"}]
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="chat", messages=messages, tools=[tool])
+    assert caught.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="chat",
+            messages=messages,
+            response_format={"type": "json_object"},
+        )
+    assert caught.value.param == "response_format"
+    plain = client.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=2,
+        response_format={"type": "text"},
+        tools=[],
+    )
+    assert plain.choices[0].message.content is not None
 
 
 def test_rerank_equals_the_socket_clients(http: HttpDaemon, socket_client: Client) -> None:
@@ -236,21 +346,22 @@ def test_health_and_metrics_agree_with_status(http: HttpDaemon, socket_client: C
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    embed_labels = (("model", gemma_name(http)), ("role", "embed"))
-    ok = samples[("lilbee_requests_total", (*embed_labels[:1], ("outcome", "ok"), embed_labels[1]))]
+    embed = (("role", "embed"),)  # series are per role: a model switch keeps the history
+    ok = samples[("lilbee_requests_total", (("outcome", "ok"), *embed))]
     assert ok == statuses["embed"].served >= 1
-    count = samples[("lilbee_request_latency_seconds_count", embed_labels)]
+    count = samples[("lilbee_request_latency_seconds_count", embed)]
     assert count == sum(statuses["embed"].latency_buckets) >= 1
-    state = ("lilbee_role_state", (*embed_labels[:1], embed_labels[1], ("state", "ready")))
-    assert samples[state] == 1.0
-    assert samples[("lilbee_worker_rss_bytes", embed_labels)] > 10_000_000
-    chat = (("model", gemma_name(http)), ("role", "chat"))
+    assert samples[("lilbee_role_state", (*embed, ("state", "ready")))] == 1.0
+    assert samples[("lilbee_worker_rss_bytes", embed)] > 10_000_000
+    chat = (("role", "chat"),)
     assert samples[("lilbee_tokens_generated_total", chat)] == statuses["chat"].tokens_generated > 0
+    assert samples[("lilbee_role_model", (("model", gemma_name(http)), *embed))] == 1.0
+    assert not [key for key in samples if key[0] != "lilbee_role_model" and "model" in dict(key[1])]
 
 
 def test_a_body_over_the_cap_is_refused_before_it_is_read(http: HttpDaemon) -> None:
     big = json.dumps({"input": "x" * 100_000}).encode()
-    response = httpx.post(http.url + "/v1/embeddings", content=big)
+    response = httpx.post(http.url + "/v1/embeddings", content=big, headers=JSON)
     assert response.status_code == 413
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams in
@@ -259,7 +370,7 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(http: HttpDaemon) -> N
             yield b"x" * 1024
         yield b'"}'
 
-    response = httpx.post(http.url + "/v1/embeddings", content=chunks())
+    response = httpx.post(http.url + "/v1/embeddings", content=chunks(), headers=JSON)
     assert response.status_code == 413
     assert httpx.get(http.url + "/health").status_code == 200
 
@@ -367,3 +478,11 @@ def test_a_failed_role_is_503_with_retry_after(broken: HttpDaemon) -> None:
         broken.openai().embeddings.create(model="embed", input="x")
     assert caught.value.status_code == 503
     assert caught.value.response.headers["retry-after"] == "1"
+    assert "x-should-retry" not in caught.value.response.headers  # it may come back
+
+
+def test_an_image_without_a_vision_role_is_400_naming_messages(broken: HttpDaemon) -> None:
+    with pytest.raises(openai.BadRequestError, match="no vision role") as caught:
+        broken.openai().chat.completions.create(model="chat", messages=_image_message())
+    assert caught.value.param == "messages"
+    assert caught.value.type == "invalid_request_error"

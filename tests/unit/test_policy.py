@@ -42,6 +42,13 @@ def test_crashed_error_says_what_happened() -> None:
     assert "after 4 chunk(s)" in mid.message and "not retried" in mid.message
 
 
+def test_only_a_crash_on_every_attempt_is_not_retryable() -> None:
+    """One crash mid-stream says nothing against the request; two say it is poison."""
+    assert crashed_error("chat", 1, "killed", 4, "/l/chat.log", "").retryable
+    assert not crashed_error("chat", 2, "killed", 0, "/l/chat.log", "").retryable
+    assert not crashed_error("chat", 2, "killed", 4, "/l/chat.log", "").retryable  # the retry too
+
+
 def test_first_restart_is_immediate_then_backoff_grows_and_caps() -> None:
     clock = FakeClock()
     rules = policy(clock, max_restarts=10)
