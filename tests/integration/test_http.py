@@ -339,6 +339,7 @@ def test_health_and_metrics_agree_with_status(http: HttpDaemon, socket_client: C
     health = httpx.get(http.url + "/health")
     assert health.status_code == 200 and health.json()["roles"]["chat"] in ("ready", "busy")
     socket_client.embed(["one more"])
+    socket_client.complete("Bees", max_tokens=2, temperature=0.0).collect()  # tokens to count
     text = httpx.get(http.url + "/metrics").text
     statuses = {s.role: s for s in socket_client.status()}
     samples = {
