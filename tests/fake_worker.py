@@ -22,6 +22,8 @@ from lilbee_workers.parent.policy import StartFailed
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
+    BatchRequest,
+    BatchResult,
     ChatChunk,
     ChatRequest,
     ChatResult,
@@ -116,7 +118,7 @@ class FakeWorker:
                 request = self._theirs.recv()
             except (EOFError, OSError):
                 return
-            assert isinstance(request, (EmbedRequest, ChatRequest))
+            assert isinstance(request, (EmbedRequest, ChatRequest, BatchRequest))
             self.requests.append(request)
             behaviour = plan.pop(0) if plan else "answer"
             if behaviour in ("crash", "chunk_then_crash"):
@@ -134,6 +136,11 @@ class FakeWorker:
             return ErrorFrame(id=request.id, kind="invalid_request", message="bad input")
         if isinstance(request, ChatRequest):
             return ChatResult(id=request.id, text=f"gen{self.generation}", finish_reason="stop")
+        if isinstance(request, BatchRequest):  # coalesced embed calls: one answer each
+            parts = [
+                EmbedResult(id=part.id, dim=1, count=1, vectors=bytes(4)) for part in request.parts
+            ]
+            return BatchResult(id=request.id, parts=parts)
         return EmbedResult(id=request.id, dim=1, count=1, vectors=bytes(4))
 
     def _die(self, kill_reason: str | None) -> None:

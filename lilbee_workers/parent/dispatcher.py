@@ -40,6 +40,7 @@ from lilbee_workers.parent.queue import (
     Unload,
     WorkerExited,
 )
+from lilbee_workers.parent.snapshot import lifecycle_fields
 from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState, RoleStatus
@@ -73,6 +74,7 @@ class RoleDispatcher:
         self.queue = RoleQueue(role, config.queue_size)
         factory = new_worker or process_factory(role, self.log_path, max_frame_bytes, log_max_bytes)
         self.life = RoleLifecycle(role, config, self.log_path, self.queue, self.stats, factory)
+        self.life.recovers_alone = hand_over is not None
         self.queue.prefer = self._needs_no_switch
         name = f"dispatch-{role}" + (f".{replica}" if replica else "")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -172,7 +174,7 @@ class RoleDispatcher:
             in_flight=in_flight,
             queued=queued,
             log_path=str(self.log_path),
-            **self.life.status_fields(),
+            **lifecycle_fields(self.life),
             **self.stats.counts(),
         )
 
@@ -188,12 +190,12 @@ class RoleDispatcher:
             self.started.set()
             self.queue.release()
         while True:
-            idle = self.life.idle_timeout()
+            idle = self.life.wake_in()
             if idle is not None and self.queue.counts()[1]:  # a caller's thread runs a call
                 idle = self.config.keep_alive_s
             item = self.queue.next_item(idle)
             if item is None:
-                self._unload_if_idle()
+                self.life.on_idle()
                 continue
             try:
                 if isinstance(item, Close):
@@ -320,16 +322,6 @@ class RoleDispatcher:
         elif wanted == life.model_name and life.state != RoleState.UNLOADED:
             return None
         return self._respawn(wanted).error
-
-    def _unload_if_idle(self) -> None:
-        """``keep_alive_s`` ran out with no call: free the model's memory."""
-        idle = self.life.idle_timeout()
-        if idle is not None and idle <= 0 and self.queue.hold_if_idle():
-            try:
-                log.info("unloading idle model", role=self.role, model=self.life.model_name)
-                self.life.unload()
-            finally:
-                self.queue.release()
 
     def _ensure_worker(self) -> bool:
         life = self.life

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -77,6 +75,8 @@ class RoleLifecycle:
         self.broken = BrokenModels(role, str(log_path))
         self.last_used = time.monotonic()
         """When the role last finished a call (for ``keep_alive_s``)."""
+        self.recovers_alone = False
+        """A replica: once failed, it starts again after its cool-down, unasked."""
 
     def start_standby(self) -> None:
         """Keep a loaded spare beside the worker (``standby = true``)."""
@@ -210,25 +210,29 @@ class RoleLifecycle:
             return None  # nothing loaded to unload (a failed role keeps its cool-down)
         return self.last_used + self.config.keep_alive_s - time.monotonic()
 
-    def status_fields(self) -> dict[str, Any]:
-        """The ``RoleStatus`` fields this object owns (each read once: a snapshot)."""
-        state, worker, standby = self.state, self.worker, self.standby
-        ready = worker.ready if worker is not None else None
-        path = self.model_path or self._worker_config().resolved_model()
-        return {
-            "state": state.value,
-            "model": path,
-            "model_name": self.model_name,
-            "models": [self.default_model]
-            + [n for n in catalog.names(self.config) if n != self.default_model],
-            "model_bytes": _file_size(path),
-            "idle_s": round(max(0.0, time.monotonic() - self.last_used), 3),
-            "generation": self.generation,
-            "last_exit": self.failed_reason if state == RoleState.FAILED else self.last_exit,
-            "chat_template": ready.chat_template if ready is not None else None,
-            "standby_pid": standby.pid() if standby is not None else None,
-            **(worker.vitals() if worker is not None and state.serving else {}),
-        }
+    def wake_in(self) -> float | None:
+        """Seconds until ``on_idle`` has work, with no call arriving: a keep-alive that
+        ends, or a failed replica's cool-down (a replica comes back by itself: routing
+        sends it no call while a sibling serves). None: nothing to wake for."""
+        if self.state == RoleState.FAILED and self.recovers_alone:
+            return max(0.0, self.policy.failed_until - time.monotonic()) + 0.05
+        return self.idle_timeout()
+
+    def on_idle(self) -> None:
+        """Nothing ran for a while (dispatcher thread): unload a model past its
+        ``keep_alive_s``, or start a failed replica again once it has cooled down."""
+        if not self.queue.hold_if_idle():
+            return
+        try:
+            if self.state == RoleState.FAILED and self.recovers_alone:
+                if not self.policy.cooling_down():
+                    self.policy.reset()
+                    self.start_worker(after_crash=False)
+            elif (idle := self.idle_timeout()) is not None and idle <= 0:
+                log.info("unloading idle model", role=self.role, model=self.model_name)
+                self.unload()
+        finally:
+            self.queue.release()
 
     def respawn(self, control: Respawn) -> None:
         """A fresh worker after a crash, or (``control.model``) one serving that model."""
@@ -351,10 +355,3 @@ class RoleLifecycle:
         if self.standby is not None:
             self.standby.close()
         self.state = RoleState.STOPPED
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

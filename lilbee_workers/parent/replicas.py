@@ -63,8 +63,10 @@ class ReplicaSet:
         self._max_frame_bytes = max_frame_bytes
         self._log_max_bytes = log_max_bytes
         self._new_worker = new_worker
-        self._lock = threading.Lock()  # guards _replicas and _restarting
+        self._lock = threading.Lock()  # guards _replicas, _retired, _restarting, _closed
         self._restarting: set[RoleDispatcher] = set()
+        self._retired: list[RoleDispatcher] = []  # closed by a reload; joined at the end
+        self._closed = False
         self._turn = itertools.count()
         self._replicas = [self._make(i, config) for i in range(config.replicas)]
 
@@ -119,12 +121,17 @@ class ReplicaSet:
         return True
 
     def close(self) -> None:
-        for replica in self.replicas:
+        with self._lock:  # a reload adding replicas now adds none
+            self._closed = True
+            replicas = [*self._replicas, *self._retired]
+        for replica in replicas:
             replica.close()
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        return all([r.join(max(0.0, deadline - time.monotonic())) for r in self.replicas])
+        with self._lock:
+            replicas = [*self._replicas, *self._retired]
+        return all([r.join(max(0.0, deadline - time.monotonic())) for r in replicas])
 
     def healthy(self) -> bool:
         return all(replica.healthy() for replica in self.replicas)
@@ -137,38 +144,55 @@ class ReplicaSet:
     def run_now(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
         return self._route(request).run_now(request, block_s, timeout)
 
-    def _route(self, request: Request) -> RoleDispatcher:
-        """The replica for a new call: serving before not; not being restarted; the
-        model it names already loaded; the fewest calls queued and running; in turn."""
+    def _route(self, request: Request, avoid: RoleDispatcher | None = None) -> RoleDispatcher:
+        """The replica for a call: not refusing (failed, cooling down) nor full; serving
+        before coming back (starting, unloaded, failed and cooled down); not being
+        restarted; the model it names loaded; the fewest calls queued and running; in
+        turn. ``avoid``: a replica the call is leaving, unless no other is left."""
         with self._lock:
             replicas, restarting = self._replicas, set(self._restarting)
+        if avoid is not None and len(replicas) > 1:
+            replicas = [r for r in replicas if r is not avoid]
         if len(replicas) == 1:
             return replicas[0]
         start = next(self._turn) % len(replicas)
         rotated = replicas[start:] + replicas[:start]
 
-        def cost(replica: RoleDispatcher) -> tuple[bool, bool, bool, int]:
+        def cost(replica: RoleDispatcher) -> tuple[bool, bool, bool, bool, bool, int]:
             queued, running = replica.queue.counts()
-            switch = replica.life.wanted(request) != replica.life.model_name
-            return (not replica.state.serving, replica in restarting, switch, queued + running)
+            state, life = replica.state, replica.life
+            cooling = state == RoleState.FAILED and life.policy.cooling_down()
+            switch = life.wanted(request) != life.model_name
+            return (cooling, queued >= replica.queue.size, not state.serving,
+                    replica in restarting, switch, queued + running)  # fmt: skip
 
         return min(rotated, key=cost)
 
     def _hand_over(self, calls: list[Call], lost_on: RoleDispatcher) -> bool:
-        """Give calls whose worker was lost to the least-loaded other serving replica
-        (at the head of its line). False when no other replica serves: the calls then
-        wait for their own replica's restart."""
+        """Give calls whose worker was lost to another serving replica, at the head of
+        its line (their one retry), and move the calls queued behind them too. False
+        when no other replica serves: the calls then wait for their replica's restart."""
         with self._lock:
             others = [r for r in self._replicas if r is not lost_on and r.state.serving]
-            preferred = [r for r in others if r not in self._restarting] or others
-        if not preferred:
+        if not others:
             return False
-        target = min(preferred, key=lambda r: sum(r.queue.counts()))
+        target = self._route(calls[0].request, avoid=lost_on)
+        if target not in others:
+            target = others[0]
         for call in reversed(calls):  # appendleft: keep their order
             if not target.queue.take_over(call):
                 call.fail(target.shutting_down_error())
+        self._move_queued(lost_on)
         lost_on.queue.post(Recover(calls))  # runs once the lost call releases its role
         return True
+
+    def _move_queued(self, source: RoleDispatcher) -> None:
+        """Calls waiting on ``source`` (lost, restarting or retired) go to the other
+        replicas; each keeps its retry. With nowhere else to go, they stay."""
+        for call in source.queue.take_calls():
+            target = self._route(call.request, avoid=source)
+            if not target.queue.take_over(call) and not source.queue.take_over(call):
+                call.fail(source.shutting_down_error())
 
     # ------------------------------------------------------------------ controls
 
@@ -188,13 +212,27 @@ class ReplicaSet:
     def _roll(self, config: RoleConfig | None, done: threading.Event) -> None:
         try:
             for replica in self.replicas:
+                old = replica.config
                 with self._lock:
+                    if self._closed:
+                        return
                     self._restarting.add(replica)
                 try:
+                    self._move_queued(replica)  # the others serve them meanwhile
                     replica.restart(config).wait()
                 finally:
                     with self._lock:
                         self._restarting.discard(replica)
+                if config is not None and replica.state == RoleState.FAILED:
+                    why = replica.life.failed_reason
+                    log.error(
+                        "rolling restart stopped: a replica failed with the new "
+                        "settings; it is back on the old",
+                        role=self.role,
+                        why=why,
+                    )
+                    replica.restart(old).wait()
+                    return
             if config is not None:
                 self._resize(config)
         except Exception:  # nothing dies quietly: the role keeps the replicas it has
@@ -203,28 +241,26 @@ class ReplicaSet:
             done.set()
 
     def _resize(self, config: RoleConfig) -> None:
-        """Start or retire replicas to match ``config.replicas``."""
+        """Start or retire replicas to match ``config.replicas`` (none once closed)."""
         with self._lock:
             count = len(self._replicas)
         for index in range(count, config.replicas):
             replica = self._make(index, config)
+            with self._lock:
+                if self._closed:
+                    return
+                self._replicas.append(replica)  # close() now closes it too
             replica.start()
             replica.started.wait()
-            with self._lock:
-                self._replicas.append(replica)
         while True:
             with self._lock:
-                if len(self._replicas) <= config.replicas:
+                if len(self._replicas) <= config.replicas or self._closed:
                     return
                 retired = self._replicas.pop()
-            self._retire(retired)
-
-    def _retire(self, replica: RoleDispatcher) -> None:
-        """Close a replica no longer configured; its queued calls go to the others."""
-        replica.queue.close()
-        for call in replica.queue.take_calls():
-            self._route(call.request).queue.take_over(call)
-        replica.queue.post(Close())
+                self._retired.append(retired)
+            retired.queue.close()
+            self._move_queued(retired)
+            retired.queue.post(Close())
 
     def load(self, model: str) -> WorkerError | None:
         """Make ``model`` the default on every replica, one at a time; if one cannot

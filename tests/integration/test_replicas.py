@@ -122,15 +122,16 @@ def test_a_rolling_restart_under_8_callers_fails_no_call(
         thread.start()
     try:
         wait_until(lambda: all(answered), timeout=60, what="every caller answered once")
+        before = sum(answered)
         during = sup.restart("embed")  # waits for both replicas, one after the other
-        served_during = sum(answered)
+        served_during = sum(answered) - before
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
     assert not failures, failures
     assert not wrong
-    assert served_during > 8  # calls kept being answered while the replicas rolled
+    assert served_during >= 8  # calls kept being answered while the replicas rolled
     [status] = during
     assert status.state in ("ready", "busy")  # the callers were still calling
     assert not pids_before & {r.pid for r in status.replicas}  # both really restarted

@@ -191,3 +191,71 @@ def test_a_closed_set_refuses_calls(start_set) -> None:
     role.close()
     with pytest.raises(WorkerError, match="shutting down"):
         role.submit(EMBED).next_frame(5)
+
+
+def test_close_during_a_growing_reload_leaves_nothing_running(start_set) -> None:
+    held = threading.Event()
+    scripts = [Script(hold_start={2: held}), Script(), Script()]
+    role = start_set(scripts, replicas=2)
+    done = role.restart(msgspec.structs.replace(role.config, replicas=3))
+    wait_for(lambda: len(scripts[0].workers) == 2)  # replica 0 is reloading
+    role.close()
+    held.set()
+    assert done.wait(10) and role.join(10)
+    alive = [w for s in scripts for w in s.workers if w.alive()]
+    assert alive == [] and not [t for t in threading.enumerate() if "embed.2" in t.name]
+
+
+def test_a_failed_replica_is_never_chosen_over_one_coming_back(start_set) -> None:
+    held = threading.Event()
+    scripts = [Script(fail_start={2, 3, 4}), Script(hold_start={2: held})]
+    role = start_set(scripts, max_restarts=1, failed_cooldown_s=60)
+    scripts[0].workers[0].crash_now()  # its restarts fail: replica 0 is failed, cooling
+    wait_for(lambda: role.status().replicas[0].state == "failed")
+    scripts[1].workers[0].crash_now()  # replica 1 is coming back, held loading
+    wait_for(lambda: len(scripts[1].workers) == 2)
+    calls = [role.submit(EMBED) for _ in range(4)]  # none refused: they wait for replica 1
+    held.set()
+    assert [call.next_frame(5).id for call in calls] == [7] * 4
+
+
+def test_a_failed_replica_comes_back_by_itself_after_its_cool_down(start_set) -> None:
+    scripts = [Script(fail_start={1}), Script()]
+    role = start_set(scripts, max_restarts=0, failed_cooldown_s=0.3)
+    assert role.status().replicas[0].state == "failed"
+    wait_for(lambda: role.status().state == RoleState.READY, timeout=5)  # no call needed
+    assert scripts[0].workers[-1].alive()
+
+
+def test_calls_queued_on_a_lost_replica_move_to_another_at_once(start_set) -> None:
+    held = threading.Event()
+    scripts = [
+        Script(role="chat", on_request={1: ["hang"]}, hold_start={2: held}),
+        Script(role="chat", on_request={1: ["hang"]}),
+    ]
+    role = start_set(scripts, kill_after_s=30, cancel_grace_s=0.2)
+    first, second = role.submit(chat("a")), role.submit(chat("b"))  # one hangs on each
+    wait_for(lambda: served_by(scripts) == [1, 1])
+    queued = [role.submit(chat(str(i))) for i in range(4)]
+    wait_for(lambda: role.status().replicas[0].queued >= 1 and role.status().queued == 4)
+    scripts[0].workers[0].crash_now()  # replica 0 is lost and cannot come back yet
+    second.cancel()  # replica 1's hung call goes; its fresh worker answers the rest
+    for call in [first, *queued]:
+        reply = call.next_frame(10)
+        assert isinstance(reply, ChatResult) and reply.text == "gen2", reply
+    wait_for(lambda: len(scripts[0].workers) == 2)  # replica 0 reloads once they are answered
+    assert scripts[0].workers[1].ready is None  # and was not back while they were
+    held.set()
+
+
+def test_a_rolling_restart_with_broken_settings_stops_and_rolls_back(
+    start_set, tmp_path: Path
+) -> None:
+    scripts = [Script(), Script()]
+    role = start_set(scripts, max_restarts=0)
+    broken = msgspec.structs.replace(role.config, model=str(tmp_path / "missing.gguf"))
+    assert role.restart(broken).wait(10)
+    status = role.status()
+    assert status.state == RoleState.READY, status.replicas
+    assert len(scripts[1].workers) == 1  # replica 1 was never restarted with them
+    assert role.replicas[0].config.model != broken.model  # replica 0 is back on the old
