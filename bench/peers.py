@@ -118,7 +118,9 @@ def rerank_rows(callers: int, calls: int, rounds: int) -> dict[str, Any]:
 def replica_recovery(model: str, texts: list[str], repeats: int = 5) -> dict[str, float]:
     """SIGKILL of the replica serving a call, 50 ms in: that call's answer, less its own
     time measured just before and the 50 ms it had run (medians): what the loss cost."""
-    role = RoleConfig(model=model, n_ctx=512, replicas=2, coalesce=False, max_restarts=1000)
+    role = RoleConfig(
+        model=model, n_ctx=512, replicas=2, coalesce=False, max_restarts=1000, restart_backoff_s=0.0
+    )
     config = SupervisorConfig(roles={"embed": role}, log_dir=tempfile.mkdtemp())
     cost, answered = [], []
     with Supervisor(config) as sup:
