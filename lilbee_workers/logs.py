@@ -50,7 +50,9 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())),
+        # One write per line (print() writes the text and the newline apart, and a
+        # progress line from another thread could land between them).
+        logger_factory=structlog.WriteLoggerFactory(cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(
