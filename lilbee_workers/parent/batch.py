@@ -131,6 +131,10 @@ def calls_of(call: Attempted) -> list[Call]:
 
 def batch_shape(frame: AnyFrame) -> tuple[int, int | None] | None:
     """(texts or documents, tokens if known) of an answer, for the batch histograms."""
+    if isinstance(frame, EmbedResult):  # the common cases first: this runs on every call
+        return frame.count, frame.prompt_tokens
+    if not isinstance(frame, (BatchResult, RerankResult)):
+        return None
     parts = frame.parts if isinstance(frame, BatchResult) else [frame]
     embedded = [part for part in parts if isinstance(part, EmbedResult)]
     if embedded:

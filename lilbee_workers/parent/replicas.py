@@ -149,6 +149,8 @@ class ReplicaSet:
         before coming back (starting, unloaded, failed and cooled down); not being
         restarted; the model it names loaded; the fewest calls queued and running; in
         turn. ``avoid``: a replica the call is leaving, unless no other is left."""
+        if len(self._replicas) == 1:  # one replica: nothing to choose (the hot path)
+            return self._replicas[0]
         with self._lock:
             replicas, restarting = self._replicas, set(self._restarting)
         if avoid is not None and len(replicas) > 1:
