@@ -246,7 +246,7 @@ class RoleDispatcher:
                 handed_over = self._run_call(call)
         finally:
             elapsed_ms = (time.monotonic() - started) * 1000.0
-            for _ in () if handed_over else getattr(call, "parts", (call,)):
+            for _ in () if handed_over else batch.calls_of(call):
                 self.stats.latency(elapsed_ms)  # a handed-over call counts where it ends
             self.life.last_used = time.monotonic()
             self.queue.release()
