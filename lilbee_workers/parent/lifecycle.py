@@ -66,8 +66,7 @@ class RoleLifecycle:
         self._generations = itertools.count(1)
         self.standby: Standby | None = None
         self.model_path = ""
-        self.failed_reason = ""
-        self.failed_log_tail = ""
+        self.failed_reason = self.failed_log_tail = ""
         self.last_exit = ""
         self.default_model = catalog.default_name(config)
         self.model_name = self.default_model
@@ -127,11 +126,16 @@ class RoleLifecycle:
                 self.worker, self.generation = spare, spare.generation
                 self.state = RoleState.READY
                 return True
-            self.state = RoleState.RESTARTING
+            self._begin_load(RoleState.RESTARTING)
             self.queue.sleep(self.policy.restart_delay())
         else:
-            self.state = RoleState.STARTING
+            self._begin_load(RoleState.STARTING)
         return self._bring_up()
+
+    def _begin_load(self, state: RoleState) -> None:
+        """Enter ``state`` with the progress reset first (status reads the state first)."""
+        self.stats.load_begins()
+        self.state = state
 
     def _bring_up(self) -> bool:
         try:
@@ -269,7 +273,8 @@ class RoleLifecycle:
             return broken
         previous = self.model_name if self.worker is not None else None
         self.unload()
-        self.model_name, self.state = name, RoleState.STARTING
+        self.model_name = name
+        self._begin_load(RoleState.STARTING)
         try:
             self.worker = self._spawn_once()
         except Exception as exc:  # StartFailed, or EMFILE and the like
@@ -339,9 +344,7 @@ class RoleLifecycle:
 
     def fail(self, reason: str, log_tail: str) -> None:
         """The role is failed: open the circuit and answer every queued call."""
-        self.state = RoleState.FAILED
-        self.failed_reason = reason
-        self.failed_log_tail = log_tail
+        self.state, self.failed_reason, self.failed_log_tail = RoleState.FAILED, reason, log_tail
         self.policy.open_circuit()
         log.error("role failed", role=self.role, reason=reason)
         for call in self.queue.take_calls():

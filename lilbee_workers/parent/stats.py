@@ -80,6 +80,13 @@ class RoleStats:
         with self._lock:
             self._tokens_generated += tokens
 
+    def load_begins(self) -> None:
+        """A new load is about to start: status shows 0% from now on, never the last
+        load's 100% (call before the role's state becomes starting or restarting)."""
+        with self._lock:
+            self._loading_generation = -1
+            self._load_progress = 0.0
+
     def loading(self, generation: int) -> None:
         """Worker ``generation`` starts loading the role's model: from now on its progress
         is the one ``status`` shows (a standby spare's, or an older worker's, is not)."""

@@ -5,9 +5,11 @@ keep dying, replace a worker that dies between calls. No model, no subprocess.""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_worker import Script
@@ -228,3 +230,29 @@ def test_keep_alive_never_turns_a_failed_role_into_an_unloaded_one(start_role) -
     with pytest.raises(WorkerUnavailable):
         role.submit(EMBED).next_frame(5)  # still cooling down: refused, no new worker
     assert len(script.workers) == 1
+
+
+def test_a_new_load_shows_0_percent_from_its_first_status_never_the_last_loads_100(
+    start_role,
+) -> None:
+    script = Script()
+    make_worker, gate, asked = script.factory, threading.Event(), threading.Event()
+
+    def slow_to_spawn(*args: Any) -> Any:  # the gap between "starting" and the new worker
+        if args[2] == 2:
+            asked.set()
+            assert gate.wait(10)
+        return make_worker(*args)
+
+    script.factory = slow_to_spawn  # type: ignore[method-assign]
+    role = start_role(script)
+    script.workers[0].on_progress(1.0)
+    assert role.status().load_progress == 1.0 and role.status().loading is None
+    done = role.restart()
+    try:
+        assert asked.wait(10)
+        status = role.status()
+        assert status.state == "starting" and status.loading == 0.0, status
+    finally:
+        gate.set()
+    assert done.wait(10) and role.status().state == "ready"
