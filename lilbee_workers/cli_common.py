@@ -65,7 +65,7 @@ def say_error(text: str) -> None:
 
 def client_for(socket_path: Path | None, config: Path | None = None) -> Client:
     """A client on the socket that ``socket_path_for`` picks."""
-    from lilbee_workers.config import socket_path_for
+    from lilbee_workers.socket_paths import socket_path_for
 
     settings = load_settings(config)
     return connect(socket_path_for(socket_path, settings, config)[0], settings)
@@ -94,8 +94,8 @@ def fail(error: Exception, as_json: bool = False, socket_source: str = "") -> No
 def daemon(socket_path: Path | None, config: Path | None, as_json: bool) -> Iterator[Client]:
     """A client of the daemon; a ``WorkerError`` or ``ConfigError`` in the block is
     printed (as JSON with ``--json``) and exits with its code."""
-    from lilbee_workers.config import socket_path_for
     from lilbee_workers.errors import ConfigError, WorkerError
+    from lilbee_workers.socket_paths import socket_path_for
 
     source = ""
     try:

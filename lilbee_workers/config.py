@@ -107,6 +107,12 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     """How long a failed role answers ``WorkerUnavailable`` before it tries again."""
     debug_requests: bool = False
     """Accept ``DebugRequest`` fault injection (tests only)."""
+    num_cpus: float = 1.0
+    """``backend = "ray"``: CPUs one replica's actor takes from Ray's scheduler."""
+    num_gpus: float = 0.0
+    """``backend = "ray"``: GPUs one replica's actor takes (fractions share a GPU)."""
+    resources: dict[str, float] = msgspec.field(default_factory=dict)
+    """``backend = "ray"``: custom Ray resources one actor needs, to pin it to nodes."""
 
     def __post_init__(self) -> None:
         if self.request_timeout_s is not None:
@@ -158,6 +164,10 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
             raise ConfigError(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
                               f"replica takes over at once), not {self.replicas}")  # fmt: skip
+        ray_asks = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
+        for key, amount in ray_asks.items():
+            if not (math.isfinite(amount) and amount >= 0):
+                raise ConfigError(f"{where}.{key} must be a number >= 0, got {amount}")
         if self.max_restarts < 0:
             raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model and not self.models:
@@ -217,6 +227,10 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     required when ``http_listen`` is not a loopback address."""
     http_max_body_bytes: int = 32 * 1024 * 1024
     """Largest HTTP request body; a bigger one is answered 413 before it is read whole."""
+    backend: Literal["local", "ray"] = "local"
+    """Where workers run: local processes, or Ray actors (extra ``ray``)."""
+    ray_address: str = "auto"
+    """The Ray cluster to join (``ray.init`` address): ``auto``, ``HOST:PORT``, ``local``."""
 
     def validate(self) -> SupervisorConfig:
         """Raise ``ConfigError`` naming the first bad key; return self."""
@@ -279,25 +293,6 @@ def default_socket_path() -> str:
         return explicit
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lilbee-workers-{os.getuid()}"
     return os.path.join(runtime, "lilbee-workers.sock")
-
-
-def socket_path_for(
-    explicit: str | os.PathLike[str] | None,
-    config: SupervisorConfig | None,
-    config_path: str | os.PathLike[str] | None = None,
-) -> tuple[Path, str]:
-    """The daemon socket a client uses, and where that path came from: ``explicit``
-    (``--socket``; the CLI fills it from ``$LILBEE_WORKERS_SOCKET`` too), else the
-    config's ``socket``, else ``default_socket_path()``."""
-    if explicit is not None:
-        from_env = os.environ.get("LILBEE_WORKERS_SOCKET")
-        named = from_env and Path(from_env) == Path(explicit)
-        return Path(explicit), "LILBEE_WORKERS_SOCKET" if named else "--socket"
-    if config is not None and config.socket:
-        return config.resolved_socket(), f"`socket` in {config_path or 'the config'}"
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(default_socket_path()), "the default, $XDG_RUNTIME_DIR/lilbee-workers.sock"
-    return Path(default_socket_path()), "the default, as XDG_RUNTIME_DIR is unset"
 
 
 def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -13,8 +14,9 @@ from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
 from lilbee_workers.limits import check_model, check_request, check_timeout
-from lilbee_workers.logs import configure_logging
+from lilbee_workers.logs import configure_logging, role_log_path
 from lilbee_workers.parent.calls import Call
+from lilbee_workers.parent.handle import WorkerFactory
 from lilbee_workers.parent.replicas import ReplicaSet
 from lilbee_workers.transport.frames import AnyFrame, Request
 from lilbee_workers.types import RoleStatus
@@ -68,6 +70,7 @@ class Supervisor(WorkerAPI):
                 self.log_dir,
                 self.config.max_frame_bytes,
                 self.config.log_max_bytes,
+                new_worker=self._backend(role),
             )
             self._dispatchers[role] = dispatcher
             dispatcher.start()
@@ -76,6 +79,22 @@ class Supervisor(WorkerAPI):
         states = {role: replicas.state.value for role, replicas in self._dispatchers.items()}
         log.info("supervisor started", roles=states)
         return self
+
+    def _backend(self, role: str) -> Callable[[int], WorkerFactory] | None:
+        """What makes each replica's workers: local processes (None, the default) or,
+        with ``backend = "ray"``, Ray actors."""
+        if self.config.backend != "ray":
+            return None
+        from lilbee_workers.cluster.worker import ray_factory
+
+        config = self.config
+        return lambda replica: ray_factory(
+            role,
+            role_log_path(self.log_dir, role, replica),
+            config.max_frame_bytes,
+            config.log_max_bytes,
+            config.ray_address,
+        )
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Wait until every role's first worker is ready or failed (or ``timeout`` s);
@@ -186,6 +205,8 @@ class Supervisor(WorkerAPI):
         config.validate()
         if set(config.roles) != set(self.config.roles):
             raise InvalidRequest("reload cannot add or remove roles; restart the daemon")
+        if (config.backend, config.ray_address) != (self.config.backend, self.config.ray_address):
+            raise InvalidRequest("reload cannot change backend or ray_address; restart the daemon")
         changed = [role for role, new in config.roles.items() if new != self.config.roles[role]]
         events = [self._dispatchers[role].restart(config.roles[role]) for role in changed]
         self.config = config

@@ -57,6 +57,8 @@ class RoleStatus(msgspec.Struct):
     role: str
     state: str
     pid: int | None = None
+    node: str = ""
+    """The Ray node id its worker runs on (``backend = "ray"``); empty when local."""
     model: str = ""
     """The model file the worker serves (or will)."""
     model_name: str = ""

@@ -156,3 +156,20 @@ def tiny_embedder(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     path = tmp_path_factory.mktemp("models") / "tiny-embedder.gguf"
     return str(write_tiny_reranker(path, rank_head=False))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A Ray head and a second raylet on 127.0.0.2 (tests/ray_cluster.py), started once
+    for the session by the first test that needs it; skipped where Ray is missing."""
+    pytest.importorskip("ray")
+    from ray_cluster import start_cluster
+
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        ray.shutdown()  # this process's driver, if a supervisor here joined the cluster
+        cluster.stop()

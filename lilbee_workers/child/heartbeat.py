@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import threading
+from typing import Protocol
 
 from lilbee_workers.child.state import RequestState
 from lilbee_workers.errors import ProtocolError
@@ -28,6 +29,12 @@ from lilbee_workers.transport.frames import (
 )
 
 
+class FrameSink(Protocol):
+    """Where a worker's health frames go: its health pipe, or a Ray actor's outbox."""
+
+    def send(self, frame: Frame) -> None: ...
+
+
 def rss_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as handle:
@@ -39,7 +46,7 @@ def rss_bytes() -> int:
 class ForwardingHandler(logging.Handler):
     """Sends Python log records to the supervisor over the health pipe."""
 
-    def __init__(self, health: PipeChannel[HealthCommand]) -> None:
+    def __init__(self, health: FrameSink) -> None:
         super().__init__(logging.INFO)
         self.health = health
 
@@ -62,7 +69,7 @@ class ProgressReporter:
     come ``step`` further, and one at 1.0 (about a hundred frames a load, however many
     times llama.cpp reports). Frames only ever go up."""
 
-    def __init__(self, health: PipeChannel[HealthCommand], step: float = 0.01) -> None:
+    def __init__(self, health: FrameSink, step: float = 0.01) -> None:
         self.health = health
         self.step = step
         self.sent = -1.0

@@ -151,8 +151,9 @@ class Server:
                 error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.role)
                 self.data.send(to_frame(error, request.id))
 
-    def run(self, request: Request) -> Frame:
-        """One request's final frame; handler errors become typed ``ErrorFrame``s."""
+    def run(self, request: Request, send: Callable[[Frame], None] | None = None) -> Frame:
+        """One request's final frame (chunks go to ``send``, by default the data pipe);
+        handler errors become typed ``ErrorFrame``s."""
         handler = self.handler
         try:
             if isinstance(request, NoopRequest):
@@ -166,7 +167,7 @@ class Server:
                     f"the {handler.role} worker does not serve {type(request).__name__}"
                 )
             return handler.handle(
-                request, RequestContext(request.id, self.data.send, self.state.cancel)
+                request, RequestContext(request.id, send or self.data.send, self.state.cancel)
             )
         except WorkerError as exc:
             exc.role = handler.role

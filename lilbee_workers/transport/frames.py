@@ -148,6 +148,8 @@ class Ready(Frame, tag="ready"):
     n_embd: int = 0
     chat_template: str | None = None
     load_seconds: float = 0.0
+    node: str = ""
+    """The Ray node the worker runs on (Ray backend); empty for a local worker."""
 
 
 class LoadFailed(Frame, tag="load_failed"):

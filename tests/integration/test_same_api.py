@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from lilbee_workers.api import WorkerAPI
 TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
 
 
-@pytest.fixture(scope="module", params=["supervisor", "client"])
+@pytest.fixture(scope="module", params=["supervisor", "client", "ray-daemon"])
 def api(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -36,7 +37,10 @@ def api(
         "rerank": {"model": tiny_reranker, "n_ctx": 256, **TIMING},
     }
     root = tmp_path_factory.mktemp(request.param)
-    config_path = write_config(root / "w.toml", roles, log_dir=str(root / "logs"))
+    top: dict[str, Any] = {"log_dir": str(root / "logs")}
+    if request.param == "ray-daemon":  # the same API, the workers Ray actors
+        top.update(backend="ray", ray_address=request.getfixturevalue("ray_cluster").address)
+    config_path = write_config(root / "w.toml", roles, **top)
     if request.param == "supervisor":
         with Supervisor(config_path) as sup:
             yield sup

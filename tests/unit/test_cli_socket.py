@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lilbee_workers.config import RoleConfig, SupervisorConfig
-from lilbee_workers.config import socket_path_for as socket_for
+from lilbee_workers.socket_paths import socket_path_for as socket_for
 
 CONFIG = SupervisorConfig(roles={"embed": RoleConfig(model="m")}, socket="/cfg/d.sock")
 

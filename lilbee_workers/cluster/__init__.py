@@ -1,0 +1,1 @@
+"""The Ray backend (``backend = "ray"``): role replicas as Ray actors, same API."""

@@ -1,0 +1,170 @@
+"""One role replica as a Ray actor: the worker's side of the Ray backend.
+
+It runs the same code as a local worker (``roles/`` handlers behind ``child.main``'s
+``Server``), and speaks the same msgspec frames: Ray carries our encoded bytes, never
+our objects, so the schema stays ours. Two method groups, as a local worker has two
+pipes: ``load`` and ``call`` (a streaming generator: one item per frame) run in the
+"data" group, one at a time; ``beat``, ``cancel`` and ``stop`` run in the "control"
+group, so a long inference never starves liveness or cancel.
+
+The class knows nothing of Ray: the supervisor side (``cluster.worker``) makes it an
+actor with the groups, resources and ``max_restarts=0``/``max_task_retries=0`` (a
+replayed stream would splice two generations: retry-once stays in our policy code).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from lilbee_workers.child.heartbeat import ForwardingHandler, ProgressReporter, rss_bytes
+from lilbee_workers.child.main import Server
+from lilbee_workers.child.state import RequestState
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
+from lilbee_workers.transport import codec
+from lilbee_workers.transport.error_frames import to_frame
+from lilbee_workers.transport.frames import Frame, LoadFailed, Pong, Ready, WorkerBoot
+
+log = logging.getLogger("lilbee_workers.actor")
+_OUTBOX_FRAMES = 1000  # log and progress frames kept between two beats
+
+
+class Outbox:
+    """Health frames (log records, load progress) waiting for the next ``beat``."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._frames: collections.deque[bytes] = collections.deque(maxlen=_OUTBOX_FRAMES)
+        self._lock = threading.Lock()
+
+    def send(self, frame: Frame) -> None:
+        data = codec.encode(frame, self.max_frame_bytes)
+        with self._lock:
+            self._frames.append(data)
+
+    def drain(self) -> list[bytes]:
+        with self._lock:
+            frames = list(self._frames)
+            self._frames.clear()
+        return frames
+
+
+class RoleActor:
+    """A role's handler in a Ray actor process; made by ``cluster.worker``."""
+
+    def __init__(self, boot: bytes) -> None:
+        self.boot = msgspec.msgpack.decode(boot, type=WorkerBoot)
+        self.config = msgspec.msgpack.decode(self.boot.config, type=RoleConfig)
+        self.state = RequestState()
+        self.outbox = Outbox(self.boot.max_frame_bytes)
+        self.server: Server | None = None
+        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+        logging.basicConfig(level=logging.INFO)
+        logging.getLogger("lilbee_workers").addHandler(ForwardingHandler(self.outbox))
+
+    def load(self) -> bytes:
+        """Load the model; an encoded ``Ready``, or ``LoadFailed`` with the reason."""
+        from lilbee_workers.roles import create_handler
+        from lilbee_workers.roles.base import load_progress
+
+        boot, started = self.boot, time.monotonic()
+        try:
+            handler = create_handler(boot.role, self.config, boot.model_path, boot.log_path)
+            with load_progress(ProgressReporter(self.outbox)):
+                model = handler.load()
+            handler.watch_cancel(self.state.cancel)
+            if boot.warm_up:
+                handler.warm_up()
+        except Exception as exc:
+            kind = "model" if isinstance(exc, (ModelError, ImportError)) else "internal"
+            message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+            log.error("load failed: %s", message)
+            return codec.encode(
+                LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message)
+            )
+        self.server = Server(None, handler, self.state, self.config, boot)  # type: ignore[arg-type]
+        seconds = time.monotonic() - started
+        log.info("%s actor ready: %s in %.2fs", boot.role, boot.model_path, seconds)
+        ready = Ready(
+            role=boot.role,
+            pid=os.getpid(),
+            model=boot.model_path,
+            n_ctx=model.n_ctx,
+            n_embd=model.n_embd,
+            chat_template=model.chat_template,
+            load_seconds=seconds,
+            node=_node_id(),
+        )
+        return codec.encode(ready)
+
+    def call(self, raw: bytes) -> Iterator[bytes]:
+        """One request's frames, encoded: its chunks as they come, then its final frame."""
+        server = self.server
+        try:
+            request = codec.TO_WORKER.decode(raw, self.boot.max_frame_bytes)
+            if server is None:
+                raise ProtocolError("the model is not loaded")
+        except ProtocolError as exc:
+            exc.role = self.boot.role
+            yield codec.encode(to_frame(exc, codec.request_id_of(raw)))
+            return
+        frames: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+
+        def run() -> None:
+            try:
+                frames.put(server.run(request, frames.put))
+            finally:
+                frames.put(None)
+
+        self.state.begin(request.id)
+        thread = threading.Thread(target=run, name=f"call-{request.id}", daemon=True)
+        try:
+            thread.start()
+            while (frame := frames.get()) is not None:
+                yield self._encode(frame, request.id)
+        finally:
+            self.state.cancel_request(request.id)  # a caller that left: stop the work
+            thread.join()
+            self.state.end()
+
+    def _encode(self, frame: Frame, request_id: int) -> bytes:
+        try:
+            return codec.encode(frame, self.boot.max_frame_bytes)
+        except ProtocolError as exc:  # a reply over the frame cap
+            error = InvalidRequest(f"reply too large: {exc.message}", role=self.boot.role)
+            return codec.encode(to_frame(error, request_id))
+
+    def beat(self, seq: int) -> list[bytes]:
+        """The health frames since the last beat, then (``seq`` > 0) a ``Pong``."""
+        frames = self.outbox.drain()
+        if seq > 0:
+            state = self.state
+            pong = Pong(
+                seq=seq, in_flight=state.in_flight, rss_bytes=rss_bytes(), served=state.served
+            )
+            frames.append(codec.encode(pong))
+        return frames
+
+    def cancel(self, request_id: int) -> None:
+        self.state.cancel_request(request_id)
+
+    def stop(self) -> None:
+        """Stop what runs now (the supervisor kills the actor next)."""
+        self.state.cancel_current()
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # not in Ray (the actor's unit tests)
+        return ""

@@ -1,0 +1,87 @@
+"""The Ray backend's connection: join the cluster once, make role actors, read
+Ray's errors.
+
+Ray is an optional extra (``pip install 'lilbee-workers[ray]'``): nothing here imports
+it until a Ray-backed role starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import ModuleType
+from typing import Any
+
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import ConfigError
+
+NAMESPACE = "lilbee-workers"
+_lock = threading.Lock()  # guards _actor_class and the one ray.init
+_actor_class: Any = None
+
+
+def ray_module() -> ModuleType:
+    """``ray``, or a ``ConfigError`` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('backend = "ray" needs Ray: pip install "lilbee-workers[ray]"') from None
+    return ray
+
+
+def ensure_connected(address: str) -> ModuleType:
+    """Join the Ray cluster at ``address`` once per process (``auto``: the one this
+    machine runs, or ``$RAY_ADDRESS``; ``local``: start a private one)."""
+    ray = ray_module()
+    with _lock:
+        if not ray.is_initialized():
+            ray.init(
+                address=address or "auto",
+                namespace=NAMESPACE,
+                log_to_driver=False,  # llama.cpp's load chatter stays in Ray's logs
+                include_dashboard=False,
+                configure_logging=False,
+            )
+    return ray
+
+
+def actor_class() -> Any:
+    """``RoleActor`` as a Ray actor class (made once)."""
+    global _actor_class
+    ray = ray_module()
+    with _lock:
+        if _actor_class is None:
+            # The class is named here only for Ray to make the actor from it; its code
+            # (and the roles it loads) runs in the actor's process, not in ours.
+            from lilbee_workers.cluster.actor import RoleActor
+
+            groups = {"data": 1, "control": 2}  # a busy "data" call never blocks a beat
+            _actor_class = ray.remote(concurrency_groups=groups)(RoleActor)
+        return _actor_class
+
+
+def create_actor(address: str, config: RoleConfig, boot: bytes) -> Any:
+    """A new role actor, placed by Ray where ``num_cpus``/``num_gpus``/``resources``
+    fit. Ray never restarts it or retries its calls: our policy does (a retried
+    stream would splice two generations)."""
+    ensure_connected(address)
+    return (
+        actor_class()
+        .options(
+            num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
+            resources=dict(config.resources),
+            max_restarts=0,
+            max_task_retries=0,
+        )
+        .remote(boot)
+    )
+
+
+def describe_death(exc: BaseException) -> str:
+    """Ray's reason an actor call failed, in one line (its messages run to a page)."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if "Worker exit detail:" in line:
+            return line.split("Worker exit detail:", 1)[1].strip().rstrip(".") or text
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}"

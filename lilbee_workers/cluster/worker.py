@@ -1,0 +1,412 @@
+"""One Ray actor as a ``WorkerHandle``: the supervisor's side of the Ray backend.
+
+The dispatcher, ``attempt``, ``policy`` and the health monitor work on it unchanged,
+because it keeps the local worker's shape: a data pipe and a health pipe (socket pairs
+inside this process) and a death sentinel (a pipe that turns readable once the actor is
+gone). Two relay threads carry the frames to the actor and back:
+
+- data: each request's bytes go to ``RoleActor.call`` (a streaming generator, "data"
+  concurrency group); each frame it yields is written back as it arrives;
+- health: a ``Ping`` becomes ``RoleActor.beat`` ("control" group, so a busy actor still
+  answers), and its log records, load progress and ``Pong`` come back; ``Cancel`` and
+  ``Shutdown`` become ``cancel`` and ``stop``.
+
+An actor that dies (its process killed, its node lost) fails its Ray calls: the relay
+marks it gone and the dispatcher retries or reports as for a local crash. A stopped or
+wedged actor misses its pings; the monitor then calls ``kill`` (``ray.kill``). Ray never
+restarts or retries anything itself (``max_restarts=0``, ``max_task_retries=0``).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from lilbee_workers.cluster import connect
+from lilbee_workers.config import RoleConfig
+from lilbee_workers.errors import ProtocolError
+from lilbee_workers.logs import rotate_if_large, tail_lines
+from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
+from lilbee_workers.parent.monitor import HealthMonitor
+from lilbee_workers.parent.policy import StartFailed
+from lilbee_workers.transport import codec
+from lilbee_workers.transport.channel import PipeChannel
+from lilbee_workers.transport.frames import (
+    Cancel,
+    LoadFailed,
+    Ping,
+    Ready,
+    Shutdown,
+    ShutdownAck,
+    WorkerBoot,
+)
+
+log = structlog.get_logger("lilbee_workers.ray")
+_LOADING_POLL_S = 0.2  # how often a loading actor's progress and logs are fetched
+
+
+class RayWorker:
+    """A handle on one role actor (one generation) and its two relayed pipes."""
+
+    def __init__(
+        self,
+        role: str,
+        config: RoleConfig,
+        model_path: str,
+        log_path: Path,
+        generation: int,
+        max_frame_bytes: int,
+        address: str,
+        on_exit: Callable[[RayWorker], None],
+        log_max_bytes: int,
+        warm_up: bool,
+    ) -> None:
+        self.role, self.config, self.model_path = role, config, model_path
+        self.log_path, self.generation, self.max_frame_bytes = log_path, generation, max_frame_bytes
+        self.address, self.on_exit = address, on_exit
+        self.log_max_bytes, self.warm_up = log_max_bytes, warm_up
+        self.on_progress: Callable[[float], None] = lambda fraction: None
+        self.ready: Ready | None = None
+        self.monitor: HealthMonitor | None = None
+        self.kill_reason: str | None = None
+        self.death = ""  # what Ray said when the actor's calls failed
+        self.node = ""
+        self.started_at = time.monotonic()
+        self._pid = 0
+        self._actor: Any = None
+        self._stopping = False
+        self._gone = threading.Event()
+        self._exited = threading.Event()  # the monitor thread has finished
+        self._monitor_thread: threading.Thread | None = None
+        self._sentinel_read, self._sentinel_write = os.pipe()
+        self._released = False  # the owner is done: nobody polls the sentinel
+        self._lock = threading.Lock()  # the sentinel's two ends; log lines
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, abandon: Callable[[], bool] = lambda: False) -> Ready:
+        """Create the actor, load the model in it, and wait for READY; ``StartFailed``
+        if it never comes (the cluster unreachable, the load failed, the actor died)."""
+        rotate_if_large(self.log_path, self.log_max_bytes)
+        self._note(f"=== lilbee-workers {self.role} actor generation {self.generation}")
+        try:
+            self._actor = connect.create_actor(self.address, self.config, self._boot())
+        except Exception as exc:
+            message = f"cannot start a {self.role} actor on Ray at {self.address}: {exc}"
+            self._note(message)
+            self._mark_gone(message)
+            self._exited.set()  # no monitor was started
+            raise StartFailed(message, crashed=False) from None
+        data_ours, data_relay = _pipe_pair()
+        health_ours, health_relay = _pipe_pair()
+        self.data = PipeChannel(data_ours, codec.FROM_WORKER, self.max_frame_bytes)
+        self.health = PipeChannel(health_ours, codec.FROM_HEARTBEAT, self.max_frame_bytes)
+        self._poller = select.poll()
+        self._poller.register(data_ours.fileno(), select.POLLIN)
+        self._poller.register(self._sentinel_read, select.POLLIN)
+        self._data_fd = data_ours.fileno()
+        self._start_monitor()
+        _thread(self._relay_health, health_relay, f"ray-health-{self.role}")
+        try:
+            self.ready = self._await_ready(abandon)
+        except StartFailed:
+            self.kill("start failed")
+            raise
+        self._pid, self.node = self.ready.pid, self.ready.node
+        _thread(self._relay_data, data_relay, f"ray-data-{self.role}")
+        log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:12])
+        return self.ready
+
+    def _boot(self) -> bytes:
+        boot = WorkerBoot(
+            role=self.role,
+            config=msgspec.msgpack.encode(self.config),
+            model_path=self.model_path,
+            log_path=str(self.log_path),
+            generation=self.generation,
+            max_frame_bytes=self.max_frame_bytes,
+            log_max_bytes=self.log_max_bytes,
+            warm_up=self.warm_up,
+        )
+        return codec.encode(boot)
+
+    def _start_monitor(self) -> None:
+        self.monitor = HealthMonitor(
+            self.role,
+            0,
+            self.health,
+            self._sentinel_read,
+            self.config,
+            loaded=lambda: self.ready is not None,
+            stopping=lambda: self._stopping,
+            on_hang=self.kill,
+            on_progress=lambda fraction: self.on_progress(fraction),
+        )
+        self._monitor_thread = _thread(self._monitor, None, f"health-{self.role}-ray")
+
+    def _await_ready(self, abandon: Callable[[], bool]) -> Ready:
+        ray = connect.ray_module()
+        loading = self._actor.load.options(concurrency_group="data").remote()
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while not ray.wait([loading], timeout=_LOADING_POLL_S)[0]:
+            if self._gone.is_set():
+                raise StartFailed(self.exit_description(), crashed=True, log_tail=self.log_tail())
+            if abandon():
+                raise StartFailed(f"{self.role} is shutting down", crashed=False)
+            if time.monotonic() > deadline:
+                self.kill(f"did not load within {self.config.start_timeout_s:g}s")
+                raise StartFailed(self.exit_description(), crashed=True, log_tail=self.log_tail())
+        try:
+            frame = codec.FROM_WORKER.decode(ray.get(loading))
+        except Exception as exc:  # the actor died while loading
+            self._mark_gone(connect.describe_death(exc))
+            raise StartFailed(
+                f"actor died while loading the model: {self.exit_description()}",
+                crashed=True,
+                log_tail=self.log_tail(),
+            ) from None
+        if isinstance(frame, LoadFailed):
+            raise StartFailed(frame.message, crashed=False)
+        if not isinstance(frame, Ready):
+            raise StartFailed(f"unexpected {type(frame).__name__} while loading", crashed=True)
+        return frame
+
+    # ------------------------------------------------------------------ relays
+
+    def _relay_data(self, relay: Connection) -> None:
+        """Requests to ``RoleActor.call``, its frames back, until the pipe closes or
+        the actor is gone."""
+        with relay:
+            while not self._gone.is_set():
+                try:
+                    raw = relay.recv_bytes()
+                except (EOFError, OSError):
+                    return
+                try:
+                    stream = self._actor.call.options(concurrency_group="data").remote(raw)
+                    for ref in stream:
+                        relay.send_bytes(connect.ray_module().get(ref))
+                except (OSError, ValueError):
+                    return  # our end closed: the owner is done with this worker
+                except Exception as exc:  # the actor died (or Ray lost it) under the call
+                    self._mark_gone(connect.describe_death(exc))
+                    return
+
+    def _relay_health(self, relay: Connection) -> None:
+        """Pings to ``beat`` (and the frames it returns back), cancels and shutdown to
+        the actor; while it loads, its progress and log lines every 0.2 s."""
+        with relay:
+            while not self._gone.is_set():
+                try:
+                    if not relay.poll(_LOADING_POLL_S):
+                        if self.ready is None:
+                            self._beat(relay, 0)
+                        continue
+                    frame = codec.TO_HEARTBEAT.decode(relay.recv_bytes())
+                except (EOFError, OSError):
+                    return
+                except ProtocolError:
+                    continue
+                if isinstance(frame, Ping):
+                    self._beat(relay, frame.seq)
+                elif isinstance(frame, Cancel):
+                    self._actor.cancel.options(concurrency_group="control").remote(frame.id)
+                elif isinstance(frame, Shutdown):
+                    self._actor.stop.options(concurrency_group="control").remote()
+                    relay.send_bytes(codec.encode(ShutdownAck()))
+
+    def _beat(self, relay: Connection, seq: int) -> None:
+        """One ``beat``: its log lines into the role's log, its frames to the monitor. An
+        actor that does not answer in time is left to the monitor's deadline."""
+        ray = connect.ray_module()
+        try:
+            reply = self._actor.beat.options(concurrency_group="control").remote(seq)
+            frames = ray.get(reply, timeout=self.config.heartbeat_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            return
+        except Exception as exc:  # the actor is gone
+            self._mark_gone(connect.describe_death(exc))
+            return
+        for data in frames:
+            relay.send_bytes(data)
+            self._log_frame(data)
+
+    def _log_frame(self, data: bytes) -> None:
+        """A forwarded log record also goes into the role's log (the actor's own
+        stdout and stderr are in Ray's logs, on its node)."""
+        try:
+            frame = codec.FROM_HEARTBEAT.decode(data)
+        except ProtocolError:
+            return
+        message = getattr(frame, "message", None)
+        if isinstance(message, str):
+            self._note(message)
+
+    # ------------------------------------------------------------------ health
+
+    def _monitor(self, _unused: None) -> None:
+        assert self.monitor is not None
+        try:
+            self.monitor.watch()
+        except Exception as exc:
+            log.exception("health monitor failed; killing the actor", role=self.role)
+            self.kill(f"health monitor failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._exited.set()
+            self.health.close()
+            self._close_sentinel()
+            log.info("actor gone", role=self.role, pid=self._pid, reason=self.exit_description())
+            self.on_exit(self)
+
+    def _mark_gone(self, death: str) -> None:
+        """The actor is dead (or killed): the sentinel turns readable, once."""
+        with self._lock:
+            if self._gone.is_set():
+                return
+            self.death = self.death or death
+            self._gone.set()
+            os.close(self._sentinel_write)
+        if death:
+            self._note(f"actor gone: {death}")
+
+    def _close_sentinel(self) -> None:
+        """Close the sentinel once the actor is gone, the monitor done and the owner let go."""
+        with self._lock:
+            if self._exited.is_set() and self._released and self._sentinel_read >= 0:
+                os.close(self._sentinel_read)
+                self._sentinel_read = -1
+
+    def monitoring(self) -> bool:
+        thread = self._monitor_thread
+        return self._exited.is_set() or (thread is not None and thread.is_alive())
+
+    def wait_data(self, timeout: float) -> tuple[bool, bool]:
+        """Wait up to ``timeout`` s: (data pipe readable, actor gone)."""
+        readable = dead = False
+        for fd, _ in self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
+            if fd == self._data_fd:
+                readable = True
+            else:
+                dead = True
+        return readable, dead
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def alive(self) -> bool:
+        return self._actor is not None and not self._gone.is_set()
+
+    def vitals(self) -> dict[str, Any]:
+        pong = self.monitor.last_pong if self.monitor is not None else None
+        return {
+            "pid": self._pid,
+            "node": self.node,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "rss_bytes": pong.rss_bytes if pong is not None else 0,
+        }
+
+    def log_tail(self, lines: int = 20) -> str:
+        return tail_lines(self.log_path, lines)
+
+    def exit_description(self) -> str:
+        who = f"{self.role} actor pid {self._pid or '-'}"
+        if self.node:
+            who += f" on node {self.node[:12]}"
+        how = self.death or ("still running" if self.alive() else "gone")
+        return f"{who} {self.kill_reason}; {how}" if self.kill_reason else f"{who} {how}"
+
+    def _note(self, line: str) -> None:
+        with self._lock:
+            try:
+                with open(self.log_path, "a", encoding="utf-8") as handle:
+                    handle.write(line.rstrip("\n") + "\n")
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ stop
+
+    def kill(self, reason: str) -> None:
+        """End the actor now (``ray.kill``; first reason wins)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        if self._actor is not None and not self._gone.is_set():
+            try:
+                connect.ray_module().kill(self._actor, no_restart=True)
+            except Exception as exc:
+                log.warning("ray.kill failed", role=self.role, error=str(exc))
+        self._mark_gone("killed" if reason else "")
+
+    def join(self, timeout: float) -> None:
+        self._exited.wait(timeout)
+
+    def stop(self, grace_s: float) -> None:
+        """Stop what runs (the owner stops a worker after its calls), then end the actor."""
+        self._stopping = True
+        if self._actor is not None and not self._gone.is_set():
+            try:
+                self._actor.stop.options(concurrency_group="control").remote()
+            except Exception:
+                pass
+        self.kill("")
+        self.join(grace_s)
+        self.close_data()
+
+    def close_data(self) -> None:
+        try:
+            self.data.close()
+        except (OSError, AttributeError):
+            pass
+        self._released = True
+        self._close_sentinel()
+
+
+def ray_factory(
+    role: str, log_path: Path, max_frame_bytes: int, log_max_bytes: int, address: str
+) -> WorkerFactory:
+    """Role actors on Ray, as a dispatcher's ``new_worker`` (``backend = "ray"``)."""
+
+    def new_worker(
+        config: RoleConfig,
+        model_path: str,
+        generation: int,
+        on_exit: Callable[[WorkerHandle], None],
+        warm_up: bool,
+    ) -> WorkerHandle:
+        return RayWorker(
+            role,
+            config,
+            model_path,
+            log_path,
+            generation,
+            max_frame_bytes,
+            address,
+            on_exit,
+            log_max_bytes,
+            warm_up,
+        )
+
+    return new_worker
+
+
+def _pipe_pair() -> tuple[Connection, Connection]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return Connection(ours.detach()), Connection(theirs.detach())
+
+
+def _thread(target: Callable[[Any], None], arg: Any, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, args=(arg,), name=name, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,173 @@
+"""The Ray backend for real: role actors on a local two-node Ray cluster (on 127.0.0.2,
+see tests/ray_cluster.py), loading the same GGUF models as local workers.
+
+Answers are checked against the local backend on the same model; faults really kill
+(SIGKILL) and stop (SIGSTOP) the actor's process. Skipped only where Ray is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import pid_alive, wait_for_state, wait_until
+from lilbee_workers import Supervisor, SupervisorConfig, WorkerCrashed
+
+pytest.importorskip("ray")
+
+TEXTS = [f"sentence number {i} about bees and honey and flowers" for i in range(48)]
+PROMPT = "Honey is made by"
+DOCS = ["honey comes from bees", "rust on an old iron gate", "bees visit flowers"]
+
+
+@pytest.fixture(scope="module")
+def ray_sup(
+    ray_cluster: Any, make_config: Callable[..., SupervisorConfig], tiny_reranker: str
+) -> Iterator[Supervisor]:
+    wide = {"max_restarts": 1000}
+    roles = {"embed": wide, "chat": wide, "rerank": {"model": tiny_reranker, "n_ctx": 256}}
+    config = make_config(roles, backend="ray", ray_address=ray_cluster.address)
+    with Supervisor(config) as sup:
+        yield sup
+
+
+@pytest.fixture(scope="module")
+def local_answers(make_config: Callable[..., SupervisorConfig], tiny_reranker: str) -> Any:
+    """The same calls on local worker processes: the reference."""
+    roles = {"embed": {}, "chat": {}, "rerank": {"model": tiny_reranker, "n_ctx": 256}}
+    with Supervisor(make_config(roles)) as sup:
+        return {
+            "embed": sup.embed(TEXTS[:8]),
+            "chat": list(sup.complete(PROMPT, max_tokens=12, temperature=0.0)),
+            "rerank": [(i.index, i.score) for i in sup.rerank("bees", DOCS)],
+        }
+
+
+def ready(sup: Supervisor) -> Supervisor:
+    for role in ("embed", "chat"):
+        wait_for_state(sup, role, "ready", timeout=60)
+    return sup
+
+
+def test_answers_equal_the_local_backend_on_the_same_model(
+    ray_sup: Supervisor, local_answers: Any
+) -> None:
+    sup = ready(ray_sup)
+    assert np.abs(sup.embed(TEXTS[:8]) - local_answers["embed"]).max() < 1e-5
+    stream = sup.complete(PROMPT, max_tokens=12, temperature=0.0)
+    assert list(stream) == local_answers["chat"] and stream.result is not None
+    scores = [(i.index, i.score) for i in sup.rerank("bees", DOCS)]
+    assert [i for i, _ in scores] == [i for i, _ in local_answers["rerank"]]
+    assert np.allclose([s for _, s in scores], [s for _, s in local_answers["rerank"]], atol=1e-5)
+
+
+def test_status_shows_each_actor_node_and_pid(ray_sup: Supervisor, ray_cluster: Any) -> None:
+    sup = ready(ray_sup)
+    for status in sup.status():
+        assert status.state == "ready" and status.pid and pid_alive(status.pid)
+        assert len(status.node) == 56 and status.node != ray_cluster.far_node  # the head
+        assert "ray::" in _cmdline(status.pid)  # a Ray worker process, not one of ours
+
+
+def test_actor_killed_mid_embed_is_retried_once_with_the_right_answer(
+    ray_sup: Supervisor,
+) -> None:
+    sup = ready(ray_sup)
+    reference = sup.embed(TEXTS)
+    before = sup.role_status("embed")
+    old_pid = before.pid
+    assert old_pid is not None
+
+    def kill_mid_call() -> None:
+        wait_until(lambda: sup.role_status("embed").in_flight == 1, what="embed in flight")
+        time.sleep(0.1)
+        os.kill(old_pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_mid_call, daemon=True)
+    killer.start()
+    vectors = sup.embed(TEXTS)
+    killer.join()
+    assert np.abs(vectors - reference).max() < 1e-4
+    after = sup.role_status("embed")
+    assert after.retried_ok == before.retried_ok + 1  # lost under the call, answered again
+    assert after.restarts == before.restarts + 1 and after.generation > before.generation
+    assert after.pid != old_pid and not pid_alive(old_pid)
+
+
+def test_actor_killed_mid_stream_is_a_crash_with_the_chunk_count_never_spliced(
+    ray_sup: Supervisor,
+) -> None:
+    sup = ready(ray_sup)
+    stream = sup.chat("Tell a long story about a bee.", max_tokens=400, temperature=0.0)
+    seen = [next(stream), next(stream)]
+    pid = sup.worker_pid("chat")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed, match=r"mid-stream after \d+ chunk\(s\)") as caught:
+        for chunk in stream:
+            seen.append(chunk)
+    assert "chat actor pid" in caught.value.message
+    wait_for_state(sup, "chat", "ready", timeout=60)
+    assert sup.worker_pid("chat") != pid
+
+
+def test_stopped_actor_misses_its_pings_and_is_replaced(ray_sup: Supervisor) -> None:
+    sup = ready(ray_sup)
+    reference = sup.embed(TEXTS[:4])
+    old_pid = sup.worker_pid("embed")
+    assert old_pid is not None
+    before = sup.role_status("embed").restarts
+    os.kill(old_pid, signal.SIGSTOP)
+    try:
+        vectors = sup.embed(TEXTS[:4])  # waits out the missed pings, then a new actor
+        assert np.abs(vectors - reference).max() < 1e-4
+        status = sup.role_status("embed")
+        assert "hung: no heartbeat reply within 1s" in status.last_exit
+        assert status.restarts == before + 1 and status.pid != old_pid
+        wait_until(lambda: not pid_alive(old_pid), timeout=30, what="stopped actor killed")
+    finally:
+        if pid_alive(old_pid):
+            os.kill(old_pid, signal.SIGKILL)
+
+
+def test_closing_a_stream_cancels_the_generation_in_the_actor(ray_sup: Supervisor) -> None:
+    sup = ready(ray_sup)
+    pid = sup.worker_pid("chat")
+    stream = sup.chat("Write a very long essay about bees.", max_tokens=600, temperature=0.7)
+    call: Any = stream._call
+    assert next(stream) and next(stream)
+    stream.close()
+    wait_until(lambda: call.finished, timeout=10, what="the actor to stop after the cancel")
+    started = time.monotonic()
+    assert sup.chat("hi", max_tokens=2).collect().completion_tokens > 0
+    assert time.monotonic() - started < 10  # not stuck behind 600 tokens
+    assert sup.worker_pid("chat") == pid  # cancelled, not killed
+
+
+def test_a_role_pinned_by_a_custom_resource_runs_on_the_second_node(
+    ray_cluster: Any, make_config: Callable[..., SupervisorConfig], local_answers: Any
+) -> None:
+    from ray_cluster import FAR_RESOURCE
+
+    config = make_config(
+        {"embed": {"resources": {FAR_RESOURCE: 1}, "num_cpus": 1}},
+        backend="ray",
+        ray_address=ray_cluster.address,
+    )
+    with Supervisor(config) as sup:
+        status = sup.role_status("embed")
+        assert status.state == "ready" and status.node == ray_cluster.far_node
+        assert np.abs(sup.embed(TEXTS[:8]) - local_answers["embed"]).max() < 1e-5
+        assert sup.role_status("embed").served == 1
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        return handle.read().replace(b"\0", b" ").decode()
