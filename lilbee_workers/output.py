@@ -34,11 +34,14 @@ def status_table(statuses: list[RoleStatus]) -> Table:
             table.add_column(column, no_wrap=True, min_width=len(column))
     table.add_column("p50/p99ms", no_wrap=True)
     table.add_column("RSS", no_wrap=True)
+    on_ray = any(s.node for status in statuses for s in (status, *status.replicas))
+    if on_ray:  # backend = "ray": which node each actor runs on
+        table.add_column("node", no_wrap=True)
     exits = []
     for s in statuses:
-        table.add_row(*_status_row(s.role, s))
-        for replica in s.replicas:  # each replica under its role
-            table.add_row(*_status_row(f"  #{replica.replica}", replica))
+        for name, row in ((s.role, s), *((f"  #{r.replica}", r) for r in s.replicas)):
+            cells = _status_row(name, row)
+            table.add_row(*cells, *((row.node[:8] or "-",) if on_ray else ()))
         if s.last_exit:
             exits.append(f"{s.role}: {s.last_exit}")
     if exits:

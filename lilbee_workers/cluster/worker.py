@@ -2,30 +2,22 @@
 
 The dispatcher, ``attempt``, ``policy`` and the health monitor work on it unchanged,
 because it keeps the local worker's shape: a data pipe and a health pipe (socket pairs
-inside this process) and a death sentinel (a pipe that turns readable once the actor is
-gone). Two relay threads carry the frames to the actor and back:
+inside this process, relayed to the actor's methods by ``cluster.relay``) and a death
+sentinel (a pipe that turns readable once the actor is gone).
 
-- data: each request's bytes go to ``RoleActor.call`` (a streaming generator, "data"
-  concurrency group); each frame it yields is written back as it arrives;
-- health: a ``Ping`` becomes ``RoleActor.beat`` ("control" group, so a busy actor still
-  answers), and its log records, load progress and ``Pong`` come back; ``Cancel`` and
-  ``Shutdown`` become ``cancel`` and ``stop``.
-
-An actor that dies (its process killed, its node lost) fails its Ray calls: the relay
-marks it gone and the dispatcher retries or reports as for a local crash. A stopped or
-wedged actor misses its pings; the monitor then calls ``kill`` (``ray.kill``). Ray never
-restarts or retries anything itself (``max_restarts=0``, ``max_task_retries=0``).
+An actor that dies fails its Ray calls: the relay marks it gone and the dispatcher
+retries or reports as for a local crash. A stopped or wedged actor misses its pings;
+the monitor then calls ``kill`` (``ray.kill``). Ray itself never restarts an actor or
+retries a call (``max_restarts=0``, ``max_task_retries=0``).
 """
 
 from __future__ import annotations
 
 import os
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +25,8 @@ import msgspec
 import structlog
 
 from lilbee_workers.cluster import connect
+from lilbee_workers.cluster.relay import LOADING_POLL_S, ActorRelay, pipe_pair
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import ProtocolError
 from lilbee_workers.logs import rotate_if_large, tail_lines
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
 from lilbee_workers.parent.monitor import HealthMonitor
@@ -42,17 +34,12 @@ from lilbee_workers.parent.policy import StartFailed
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
-    Cancel,
     LoadFailed,
-    Ping,
     Ready,
-    Shutdown,
-    ShutdownAck,
     WorkerBoot,
 )
 
 log = structlog.get_logger("lilbee_workers.ray")
-_LOADING_POLL_S = 0.2  # how often a loading actor's progress and logs are fetched
 
 
 class RayWorker:
@@ -107,8 +94,8 @@ class RayWorker:
             self._mark_gone(message)
             self._exited.set()  # no monitor was started
             raise StartFailed(message, crashed=False) from None
-        data_ours, data_relay = _pipe_pair()
-        health_ours, health_relay = _pipe_pair()
+        data_ours, data_relay = pipe_pair()
+        health_ours, health_relay = pipe_pair()
         self.data = PipeChannel(data_ours, codec.FROM_WORKER, self.max_frame_bytes)
         self.health = PipeChannel(health_ours, codec.FROM_HEARTBEAT, self.max_frame_bytes)
         self._poller = select.poll()
@@ -116,14 +103,23 @@ class RayWorker:
         self._poller.register(self._sentinel_read, select.POLLIN)
         self._data_fd = data_ours.fileno()
         self._start_monitor()
-        _thread(self._relay_health, health_relay, f"ray-health-{self.role}")
+        relay = ActorRelay(
+            self._actor,
+            self.config.heartbeat_timeout_s,
+            loaded=lambda: self.ready is not None,
+            gone=self._gone,
+            on_gone=self._mark_gone,
+            note=self._note,
+        )
+        relay.start(relay.health, health_relay, f"ray-health-{self.role}")
         try:
             self.ready = self._await_ready(abandon)
         except StartFailed:
             self.kill("start failed")
             raise
         self._pid, self.node = self.ready.pid, self.ready.node
-        _thread(self._relay_data, data_relay, f"ray-data-{self.role}")
+        self.monitor.pid = self._pid  # type: ignore[union-attr]
+        relay.start(relay.data, data_relay, f"ray-data-{self.role}")
         log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:12])
         return self.ready
 
@@ -152,13 +148,16 @@ class RayWorker:
             on_hang=self.kill,
             on_progress=lambda fraction: self.on_progress(fraction),
         )
-        self._monitor_thread = _thread(self._monitor, None, f"health-{self.role}-ray")
+        self._monitor_thread = threading.Thread(
+            target=self._monitor, name=f"health-{self.role}-ray", daemon=True
+        )
+        self._monitor_thread.start()
 
     def _await_ready(self, abandon: Callable[[], bool]) -> Ready:
         ray = connect.ray_module()
         loading = self._actor.load.options(concurrency_group="data").remote()
         deadline = time.monotonic() + self.config.start_timeout_s
-        while not ray.wait([loading], timeout=_LOADING_POLL_S)[0]:
+        while not ray.wait([loading], timeout=LOADING_POLL_S)[0]:
             if self._gone.is_set():
                 raise StartFailed(self.exit_description(), crashed=True, log_tail=self.log_tail())
             if abandon():
@@ -181,80 +180,9 @@ class RayWorker:
             raise StartFailed(f"unexpected {type(frame).__name__} while loading", crashed=True)
         return frame
 
-    # ------------------------------------------------------------------ relays
-
-    def _relay_data(self, relay: Connection) -> None:
-        """Requests to ``RoleActor.call``, its frames back, until the pipe closes or
-        the actor is gone."""
-        with relay:
-            while not self._gone.is_set():
-                try:
-                    raw = relay.recv_bytes()
-                except (EOFError, OSError):
-                    return
-                try:
-                    stream = self._actor.call.options(concurrency_group="data").remote(raw)
-                    for ref in stream:
-                        relay.send_bytes(connect.ray_module().get(ref))
-                except (OSError, ValueError):
-                    return  # our end closed: the owner is done with this worker
-                except Exception as exc:  # the actor died (or Ray lost it) under the call
-                    self._mark_gone(connect.describe_death(exc))
-                    return
-
-    def _relay_health(self, relay: Connection) -> None:
-        """Pings to ``beat`` (and the frames it returns back), cancels and shutdown to
-        the actor; while it loads, its progress and log lines every 0.2 s."""
-        with relay:
-            while not self._gone.is_set():
-                try:
-                    if not relay.poll(_LOADING_POLL_S):
-                        if self.ready is None:
-                            self._beat(relay, 0)
-                        continue
-                    frame = codec.TO_HEARTBEAT.decode(relay.recv_bytes())
-                except (EOFError, OSError):
-                    return
-                except ProtocolError:
-                    continue
-                if isinstance(frame, Ping):
-                    self._beat(relay, frame.seq)
-                elif isinstance(frame, Cancel):
-                    self._actor.cancel.options(concurrency_group="control").remote(frame.id)
-                elif isinstance(frame, Shutdown):
-                    self._actor.stop.options(concurrency_group="control").remote()
-                    relay.send_bytes(codec.encode(ShutdownAck()))
-
-    def _beat(self, relay: Connection, seq: int) -> None:
-        """One ``beat``: its log lines into the role's log, its frames to the monitor. An
-        actor that does not answer in time is left to the monitor's deadline."""
-        ray = connect.ray_module()
-        try:
-            reply = self._actor.beat.options(concurrency_group="control").remote(seq)
-            frames = ray.get(reply, timeout=self.config.heartbeat_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            return
-        except Exception as exc:  # the actor is gone
-            self._mark_gone(connect.describe_death(exc))
-            return
-        for data in frames:
-            relay.send_bytes(data)
-            self._log_frame(data)
-
-    def _log_frame(self, data: bytes) -> None:
-        """A forwarded log record also goes into the role's log (the actor's own
-        stdout and stderr are in Ray's logs, on its node)."""
-        try:
-            frame = codec.FROM_HEARTBEAT.decode(data)
-        except ProtocolError:
-            return
-        message = getattr(frame, "message", None)
-        if isinstance(message, str):
-            self._note(message)
-
     # ------------------------------------------------------------------ health
 
-    def _monitor(self, _unused: None) -> None:
+    def _monitor(self) -> None:
         assert self.monitor is not None
         try:
             self.monitor.watch()
@@ -342,12 +270,15 @@ class RayWorker:
         """End the actor now (``ray.kill``; first reason wins)."""
         if self.kill_reason is None:
             self.kill_reason = reason
+        self._end("killed")
+
+    def _end(self, death: str) -> None:
         if self._actor is not None and not self._gone.is_set():
             try:
                 connect.ray_module().kill(self._actor, no_restart=True)
             except Exception as exc:
                 log.warning("ray.kill failed", role=self.role, error=str(exc))
-        self._mark_gone("killed" if reason else "")
+        self._mark_gone(death)
 
     def join(self, timeout: float) -> None:
         self._exited.wait(timeout)
@@ -360,7 +291,7 @@ class RayWorker:
                 self._actor.stop.options(concurrency_group="control").remote()
             except Exception:
                 pass
-        self.kill("")
+        self._end("stopped")
         self.join(grace_s)
         self.close_data()
 
@@ -399,14 +330,3 @@ def ray_factory(
         )
 
     return new_worker
-
-
-def _pipe_pair() -> tuple[Connection, Connection]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return Connection(ours.detach()), Connection(theirs.detach())
-
-
-def _thread(target: Callable[[Any], None], arg: Any, name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, args=(arg,), name=name, daemon=True)
-    thread.start()
-    return thread

@@ -72,6 +72,21 @@ def test_worker_side_never_imports_the_parent() -> None:
     assert not bad
 
 
+def test_ray_backend_keeps_the_two_sides_apart() -> None:
+    """``cluster.actor`` runs in the actor (worker side); the rest of ``cluster`` runs in
+    the supervisor and names the actor class only for Ray to make actors from it."""
+    actor = "lilbee_workers.cluster.actor"
+    supervisor_side = {
+        (name, dep)
+        for name, deps in GRAPH.items()
+        if in_package(name, "lilbee_workers.cluster") and name != actor
+        for dep in deps
+        if in_package(dep, "lilbee_workers.child") or in_package(dep, "lilbee_workers.roles")
+    }
+    worker_side = {dep for dep in GRAPH[actor] if in_package(dep, "lilbee_workers.parent")}
+    assert not supervisor_side and not worker_side
+
+
 def test_transport_depends_only_on_errors_and_types() -> None:
     allowed = {"lilbee_workers", "lilbee_workers.errors", "lilbee_workers.types"}
     bad = {
