@@ -63,6 +63,10 @@ class Supervisor(WorkerAPI):
             return self
         self._started = True
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.backend == "ray":
+            from lilbee_workers.cluster import connect
+
+            connect.hold()
         for role, role_config in self.config.roles.items():
             dispatcher = ReplicaSet(
                 role,
@@ -118,6 +122,10 @@ class Supervisor(WorkerAPI):
         deadline = time.monotonic() + drain
         for dispatcher in self._dispatchers.values():
             dispatcher.join(max(0.0, deadline - time.monotonic()))
+        if self._started and self.config.backend == "ray":
+            from lilbee_workers.cluster import connect
+
+            connect.release()
         log.info("supervisor closed")
 
     def __enter__(self) -> Supervisor:

@@ -72,7 +72,7 @@ def _ray_start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def start_cluster(head_cpus: int = 8, far_cpus: int = 4, timeout: float = 90) -> RayCluster:
+def start_cluster(head_cpus: int = 12, far_cpus: int = 6, timeout: float = 90) -> RayCluster:
     """Start the head and the far node and wait until both are up (or raise)."""
     os.environ["RAY_AUTH_MODE"] = "disabled"  # this process is a Ray driver too
     temp_dir = Path(tempfile.mkdtemp(prefix="lwray", dir="/tmp"))  # short: socket paths

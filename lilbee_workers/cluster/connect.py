@@ -7,6 +7,8 @@ it until a Ray-backed role starts.
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
 from types import ModuleType
 from typing import Any
@@ -15,8 +17,18 @@ from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ConfigError
 
 NAMESPACE = "lilbee-workers"
-_lock = threading.Lock()  # guards _actor_class and the one ray.init
+_lock = threading.Lock()  # guards everything below, and the one ray.init
 _actor_class: Any = None
+_users = 0  # started supervisors on the Ray backend in this process
+_joined_by_us = False  # we called ray.init (not the application): we shut it down
+
+
+class _QuietThreadWarning(logging.Filter):
+    """Ray warns that it set no SIGTERM handler when joined from a thread other than the
+    main one: that is what we want (the supervisor's own handler drains first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 def ray_module() -> ModuleType:
@@ -31,9 +43,13 @@ def ray_module() -> ModuleType:
 def ensure_connected(address: str) -> ModuleType:
     """Join the Ray cluster at ``address`` once per process (``auto``: the one this
     machine runs, or ``$RAY_ADDRESS``; ``local``: start a private one)."""
+    global _joined_by_us
     ray = ray_module()
     with _lock:
         if not ray.is_initialized():
+            logging.getLogger("ray._private.worker").addFilter(_QuietThreadWarning())
+            main = threading.current_thread() is threading.main_thread()
+            handler = signal.getsignal(signal.SIGTERM) if main else None
             ray.init(
                 address=address or "auto",
                 namespace=NAMESPACE,
@@ -41,7 +57,30 @@ def ensure_connected(address: str) -> ModuleType:
                 include_dashboard=False,
                 configure_logging=False,
             )
+            if handler is not None:  # ray.init put sys.exit on SIGTERM: keep ours
+                signal.signal(signal.SIGTERM, handler)
+            _joined_by_us = True
     return ray
+
+
+def hold() -> None:
+    """A supervisor on the Ray backend starts (its roles join the cluster when they
+    start their first actor)."""
+    global _users
+    with _lock:
+        _users += 1
+
+
+def release() -> None:
+    """A supervisor on the Ray backend closed: the last one leaves the cluster, if it
+    was us who joined it (an application's own ``ray.init`` is its own to end)."""
+    global _users, _joined_by_us
+    with _lock:
+        _users = max(0, _users - 1)
+        if _users or not _joined_by_us:
+            return
+        _joined_by_us = False
+    ray_module().shutdown()
 
 
 def actor_class() -> Any:

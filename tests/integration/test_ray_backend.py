@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import pid_alive, wait_for_state, wait_until
-from lilbee_workers import Supervisor, SupervisorConfig, WorkerCrashed
+from lilbee_workers import InvalidRequest, Supervisor, SupervisorConfig, WorkerCrashed
 
 pytest.importorskip("ray")
 
@@ -166,6 +169,64 @@ def test_a_role_pinned_by_a_custom_resource_runs_on_the_second_node(
         assert status.state == "ready" and status.node == ray_cluster.far_node
         assert np.abs(sup.embed(TEXTS[:8]) - local_answers["embed"]).max() < 1e-5
         assert sup.role_status("embed").served == 1
+
+
+def test_handler_errors_keep_their_type_and_the_actor(ray_sup: Supervisor) -> None:
+    sup = ready(ray_sup)
+    pid, restarts = sup.worker_pid("embed"), sup.role_status("embed").restarts
+    with pytest.raises(InvalidRequest, match="tokens"):
+        sup.embed(["bee " * 3000])  # longer than the context
+    with pytest.raises(InvalidRequest):
+        sup.chat("hi", max_tokens=0).collect()
+    assert sup.worker_pid("embed") == pid and sup.role_status("embed").restarts == restarts
+    assert sup.embed(["still serving"]).shape == (1, 640)
+
+
+def test_replicas_are_placed_by_ray_and_one_lost_is_covered_by_the_other(
+    ray_cluster: Any, make_config: Callable[..., SupervisorConfig], local_answers: Any
+) -> None:
+    # 6 CPUs each: the head (12) and the far node (6) hold one replica each.
+    roles = {"embed": {"replicas": 2, "num_cpus": 6, "max_restarts": 10}}
+    config = make_config(roles, backend="ray", ray_address=ray_cluster.address)
+    with Supervisor(config) as sup:
+        status = sup.role_status("embed")
+        nodes = {replica.node for replica in status.replicas}
+        assert status.state == "ready" and len(nodes) == 2 and ray_cluster.far_node in nodes
+        victim = status.replicas[0].pid
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        assert np.abs(sup.embed(TEXTS[:8]) - local_answers["embed"]).max() < 1e-5
+        wait_until(lambda: sup.role_status("embed").state == "ready", timeout=60, what="back")
+        after = sup.role_status("embed")
+        assert victim not in {replica.pid for replica in after.replicas}
+
+
+def test_joining_ray_keeps_the_programs_sigterm_handler_and_close_leaves_the_cluster(
+    ray_cluster: Any, model_path: str, tmp_path: Any
+) -> None:
+    # A fresh process: ray.init from the main thread would put sys.exit on SIGTERM.
+    script = textwrap.dedent(f"""
+        import signal, ray
+        from lilbee_workers import RoleConfig, Supervisor, SupervisorConfig
+        from lilbee_workers.cluster import connect
+        def ours(signum, frame): pass
+        signal.signal(signal.SIGTERM, ours)
+        config = SupervisorConfig(roles={{"embed": RoleConfig(model={model_path!r})}},
+                                  backend="ray", ray_address={ray_cluster.address!r},
+                                  log_dir={str(tmp_path)!r})
+        connect.ensure_connected(config.ray_address)  # joins from the main thread
+        assert signal.getsignal(signal.SIGTERM) is ours
+        with Supervisor(config) as sup:
+            assert sup.embed(["x"]).shape == (1, 640)
+            assert signal.getsignal(signal.SIGTERM) is ours
+        assert not ray.is_initialized()  # the last supervisor left the cluster
+        print("ok")
+    """)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
 def _cmdline(pid: int) -> str:
