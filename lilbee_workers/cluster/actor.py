@@ -18,6 +18,7 @@ import collections
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.error_frames import to_frame
-from lilbee_workers.transport.frames import Frame, LoadFailed, Pong, Ready, WorkerBoot
+from lilbee_workers.transport.frames import Frame, LoadFailed, Pong, Ready, Request, WorkerBoot
 
 log = logging.getLogger("lilbee_workers.actor")
 _OUTBOX_FRAMES = 1000  # log and progress frames kept between two beats
@@ -68,7 +69,8 @@ class RoleActor:
         self.server: Server | None = None
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
         logging.basicConfig(level=logging.INFO)
-        logging.getLogger("lilbee_workers").addHandler(ForwardingHandler(self.outbox))
+        self._forward = ForwardingHandler(self.outbox)
+        logging.getLogger("lilbee_workers").addHandler(self._forward)
 
     def load(self) -> bytes:
         """Load the model; an encoded ``Ready``, or ``LoadFailed`` with the reason."""
@@ -106,16 +108,13 @@ class RoleActor:
         return codec.encode(ready)
 
     def call(self, raw: bytes) -> Iterator[bytes]:
-        """One request's frames, encoded: its chunks as they come, then its final frame."""
-        server = self.server
-        try:
-            request = codec.TO_WORKER.decode(raw, self.boot.max_frame_bytes)
-            if server is None:
-                raise ProtocolError("the model is not loaded")
-        except ProtocolError as exc:
-            exc.role = self.boot.role
-            yield codec.encode(to_frame(exc, codec.request_id_of(raw)))
+        """One request's frames, encoded: its chunks as they come, then its final frame
+        (the handler runs in a thread of its own, so chunks can be yielded as made)."""
+        decoded = self._decode(raw)
+        if isinstance(decoded, bytes):
+            yield decoded
             return
+        request, server = decoded
         frames: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
 
         def run() -> None:
@@ -134,6 +133,30 @@ class RoleActor:
             self.state.cancel_request(request.id)  # a caller that left: stop the work
             thread.join()
             self.state.end()
+
+    def call_once(self, raw: bytes) -> list[bytes]:
+        """``call`` for a reply that does not stream: all its frames, in one list."""
+        decoded = self._decode(raw)
+        if isinstance(decoded, bytes):
+            return [decoded]
+        request, server = decoded
+        sent: list[bytes] = []
+        self.state.begin(request.id)
+        try:
+            final = server.run(request, lambda frame: sent.append(self._encode(frame, request.id)))
+        finally:
+            self.state.end()
+        return [*sent, self._encode(final, request.id)]
+
+    def _decode(self, raw: bytes) -> tuple[Request, Server] | bytes:
+        """The request and the server to run it, or the encoded error to answer."""
+        try:
+            if self.server is None:
+                raise ProtocolError("the model is not loaded")
+            return codec.TO_WORKER.decode(raw, self.boot.max_frame_bytes), self.server
+        except ProtocolError as exc:
+            exc.role = self.boot.role
+            return codec.encode(to_frame(exc, codec.request_id_of(raw)))
 
     def _encode(self, frame: Frame, request_id: int) -> bytes:
         try:
@@ -160,11 +183,19 @@ class RoleActor:
         """Stop what runs now (the supervisor kills the actor next)."""
         self.state.cancel_current()
 
+    def close(self) -> None:
+        """Free the model and stop forwarding log records (for in-process use: an
+        actor's process simply ends with it)."""
+        logging.getLogger("lilbee_workers").removeHandler(self._forward)
+        if self.server is not None:
+            for llm in self.server.handler.models():
+                llm.close()
+            self.server = None
+
 
 def _node_id() -> str:
-    try:
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # not in Ray (the actor's unit tests)
+    """The Ray node this actor runs on; empty outside Ray (never starts or joins one)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
         return ""
+    return str(ray.get_runtime_context().get_node_id())

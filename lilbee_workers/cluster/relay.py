@@ -1,7 +1,8 @@
 """The two relay threads between a ``RayWorker``'s local pipes and its actor.
 
 - data: each request's bytes go to ``RoleActor.call`` (a streaming generator in the
-  "data" concurrency group); each frame it yields is written back as it arrives;
+  "data" concurrency group; each frame it yields is written back as it arrives), or,
+  for replies that do not stream, to ``RoleActor.call_once``;
 - health: a ``Ping`` becomes ``RoleActor.beat`` (the "control" group, so a busy actor
   still answers) and the log records, load progress and ``Pong`` it returns come back;
   ``Cancel`` and ``Shutdown`` become ``cancel`` and ``stop``.
@@ -24,6 +25,9 @@ from lilbee_workers.transport import codec
 from lilbee_workers.transport.frames import Cancel, LogRecord, Ping, Shutdown, ShutdownAck
 
 LOADING_POLL_S = 0.2  # how often a loading actor's progress and logs are fetched
+STREAMING = frozenset({"chat", "complete", "vision"})
+"""Requests whose replies stream: served by the generator method. The others take the
+plain method, one Ray call and one ``ray.get`` (about 0.5 ms less per call here)."""
 
 
 class ActorRelay:
@@ -60,8 +64,13 @@ class ActorRelay:
                 except (EOFError, OSError):
                     return
                 try:
-                    for ref in self.actor.call.options(concurrency_group="data").remote(raw):
-                        relay.send_bytes(ray.get(ref))
+                    if codec.tag_of(raw) in STREAMING:
+                        for ref in self.actor.call.options(concurrency_group="data").remote(raw):
+                            relay.send_bytes(ray.get(ref))
+                    else:
+                        once = self.actor.call_once.options(concurrency_group="data").remote(raw)
+                        for frame in ray.get(once):
+                            relay.send_bytes(frame)
                 except (OSError, ValueError):
                     return  # our end closed: the owner is done with this worker
                 except Exception as exc:  # the actor died (or Ray lost it) under the call

@@ -84,3 +84,19 @@ def request_id_of(data: bytes | memoryview) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return 0
+
+
+class _Tagged(msgspec.Struct):
+    k: str = ""
+
+
+_tag_decoder = msgspec.msgpack.Decoder(_Tagged)
+
+
+def tag_of(data: bytes | memoryview) -> str:
+    """A frame's tag (``"embed"``, ``"chat"``...) without decoding the rest of it into
+    objects; empty when it has none (a relay routes by it and lets the receiver judge)."""
+    try:
+        return _tag_decoder.decode(data).k
+    except (msgspec.DecodeError, RecursionError):
+        return ""
