@@ -10,6 +10,7 @@ exactly as they do against a real ``WorkerProcess``.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ class Script:
         on_exit: Callable[[WorkerHandle], None],
         warm_up: bool,
     ) -> FakeWorker:
+        if not os.path.isfile(model_path):  # as the real local factory refuses it
+            raise StartFailed(f"model file not found: {model_path}", crashed=False)
         worker = FakeWorker(self, config, model_path, generation, on_exit)
         self.workers.append(worker)
         return worker

@@ -189,11 +189,10 @@ class RoleLifecycle:
         return catalog.config_for(self.config, self.model_name)
 
     def _make_worker(self, warm_up: bool) -> WorkerHandle:
-        """A worker for this role, not started yet; ``StartFailed`` if its model is missing."""
+        """A worker for this role, not started yet (``StartFailed`` if the factory can
+        tell already that it cannot start: a local worker's model file missing)."""
         worker_config = self._worker_config()
         model_path = worker_config.resolved_model()
-        if not Path(model_path).is_file():
-            raise StartFailed(f"model file not found: {model_path}", crashed=False)
 
         def on_exit(gone: WorkerHandle) -> None:
             self.queue.post(WorkerExited(gone))

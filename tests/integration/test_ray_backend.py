@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 
 from conftest import pid_alive, wait_for_state, wait_until
-from lilbee_workers import InvalidRequest, Supervisor, SupervisorConfig, WorkerCrashed
+from lilbee_workers import (
+    InvalidRequest,
+    Supervisor,
+    SupervisorConfig,
+    WorkerCrashed,
+    WorkerUnavailable,
+)
 
 pytest.importorskip("ray")
 
@@ -227,6 +233,19 @@ def test_joining_ray_keeps_the_programs_sigterm_handler_and_close_leaves_the_clu
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_a_model_missing_on_the_node_fails_the_role_with_the_actors_reason(
+    ray_cluster: Any, make_config: Callable[..., SupervisorConfig]
+) -> None:
+    roles = {"embed": {"model": "/nonexistent/on-the-node.gguf", "max_restarts": 0}}
+    config = make_config(roles, backend="ray", ray_address=ray_cluster.address)
+    with Supervisor(config) as sup:
+        status = sup.role_status("embed")
+        assert status.state == "failed"
+        assert "model file not found: /nonexistent/on-the-node.gguf" in status.last_exit
+        with pytest.raises(WorkerUnavailable, match="model file not found"):
+            sup.embed(["x"])
 
 
 def _cmdline(pid: int) -> str:
