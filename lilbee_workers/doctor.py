@@ -56,12 +56,29 @@ def diagnose(
     """Every check, in the order a user would fix things."""
     where = str(config_path) if config_path else "the default config (embed + chat on gemma)"
     findings = [Finding("config", "ok", where)]
+    if config.backend == "ray":
+        findings.append(check_ray(config.ray_address))
     for role, role_config in config.roles.items():
         findings += check_role(role, role_config)
     findings.append(check_log_dir(config.resolved_log_dir()))
     findings.append(check_socket_dir(socket))
     findings.append(check_daemon(config, config_path, socket, socket_source))
     return findings
+
+
+def check_ray(address: str) -> Finding:
+    """``backend = "ray"``: Ray is installed (the cluster itself is joined at start)."""
+    try:
+        import ray
+    except ImportError:
+        return Finding("backend", "error", "backend = \"ray\" but Ray is not installed",
+                       "pip install 'lilbee-workers[ray]'")  # fmt: skip
+    return Finding(
+        "backend",
+        "ok",
+        f"ray {ray.__version__}, cluster at {address}; model paths must exist on the "
+        "nodes the actors land on (checked below on this machine only)",
+    )
 
 
 def check_role(role: str, config: RoleConfig) -> list[Finding]:

@@ -3,6 +3,7 @@ error where Ray is missing, config keys, the status table's node column."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -89,3 +90,17 @@ def test_status_table_shows_the_node_column_only_for_ray_actors() -> None:
     assert "node" in text and "a1b2c3d4" in text and "ffee0099" in text
     console.print(status_table([RoleStatus(role="chat", state="ready", pid=5)]))
     assert "node" not in console.export_text()
+
+
+def test_doctor_checks_ray_is_installed_for_the_ray_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lilbee_workers.doctor import check_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    missing = check_ray("auto")
+    assert missing.level == "error" and "lilbee-workers[ray]" in missing.fix
+    monkeypatch.undo()
+    if importlib.util.find_spec("ray") is not None:
+        found = check_ray("127.0.0.2:6379")
+        assert found.level == "ok" and "127.0.0.2:6379" in found.message
