@@ -8,7 +8,7 @@ it until a Ray-backed role starts.
 from __future__ import annotations
 
 import logging
-import signal
+import socket
 import threading
 from types import ModuleType
 from typing import Any
@@ -21,6 +21,8 @@ _lock = threading.Lock()  # guards everything below, and the one ray.init
 _actor_class: Any = None
 _users = 0  # started supervisors on the Ray backend in this process
 _joined_by_us = False  # we called ray.init (not the application): we shut it down
+_joiner: threading.Thread | None = None  # the one ray.init, in a thread of its own
+_join_error: Exception | None = None
 
 
 class _QuietThreadWarning(logging.Filter):
@@ -40,27 +42,60 @@ def ray_module() -> ModuleType:
     return ray
 
 
-def ensure_connected(address: str) -> ModuleType:
+def ensure_connected(address: str, timeout: float = 60.0) -> ModuleType:
     """Join the Ray cluster at ``address`` once per process (``auto``: the one this
-    machine runs, or ``$RAY_ADDRESS``; ``local``: start a private one)."""
-    global _joined_by_us
+    machine runs, or ``$RAY_ADDRESS``; ``local``: start a private one).
+
+    ``ray.init`` retries an unreachable cluster without end, so it runs in a thread of
+    its own and the caller waits ``timeout`` s at most: a dead head fails the role with
+    a reason instead of hanging its start (and the supervisor's close). A ``HOST:PORT``
+    nobody listens on is said at once. Off the main thread, ``ray.init`` also leaves
+    the program's SIGTERM handler alone (on it, it would put ``sys.exit`` there)."""
+    global _joiner, _join_error
     ray = ray_module()
     with _lock:
-        if not ray.is_initialized():
-            logging.getLogger("ray._private.worker").addFilter(_QuietThreadWarning())
-            main = threading.current_thread() is threading.main_thread()
-            handler = signal.getsignal(signal.SIGTERM) if main else None
-            ray.init(
-                address=address or "auto",
-                namespace=NAMESPACE,
-                log_to_driver=False,  # llama.cpp's load chatter stays in Ray's logs
-                include_dashboard=False,
-                configure_logging=False,
-            )
-            if handler is not None:  # ray.init put sys.exit on SIGTERM: keep ours
-                signal.signal(signal.SIGTERM, handler)
-            _joined_by_us = True
+        if ray.is_initialized():
+            return ray
+        if _joiner is None or not _joiner.is_alive():
+            _probe(address)
+            _join_error = None
+            _joiner = threading.Thread(target=_join, args=(ray, address), name="ray-join")
+            _joiner.daemon = True
+            _joiner.start()
+        joiner = _joiner
+    joiner.join(timeout)
+    if joiner.is_alive():
+        raise ConnectionError(f"Ray did not answer at {address} within {timeout:g}s")
+    if _join_error is not None:
+        raise _join_error
     return ray
+
+
+def _join(ray: ModuleType, address: str) -> None:
+    global _joined_by_us, _join_error
+    try:
+        logging.getLogger("ray._private.worker").addFilter(_QuietThreadWarning())
+        ray.init(
+            address=address or "auto",
+            namespace=NAMESPACE,
+            log_to_driver=False,  # llama.cpp's load chatter stays in Ray's logs
+            include_dashboard=False,
+            configure_logging=False,
+        )
+        _joined_by_us = True
+    except Exception as exc:
+        _join_error = exc
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """For a ``HOST:PORT`` address, that something listens there."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # auto, local, ray://...: Ray's own to resolve
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address}: {exc.strerror or exc}") from None
 
 
 def hold() -> None:
@@ -102,7 +137,7 @@ def create_actor(address: str, config: RoleConfig, boot: bytes) -> Any:
     """A new role actor, placed by Ray where ``num_cpus``/``num_gpus``/``resources``
     fit. Ray never restarts it or retries its calls: our policy does (a retried
     stream would splice two generations)."""
-    ensure_connected(address)
+    ensure_connected(address, config.start_timeout_s)
     return (
         actor_class()
         .options(

@@ -89,10 +89,11 @@ class RayWorker:
         try:
             self._actor = connect.create_actor(self.address, self.config, self._boot())
         except Exception as exc:
-            message = f"cannot start a {self.role} actor on Ray at {self.address}: {exc}"
+            message = f"cannot start the {self.role} actor on Ray at {self.address}: {exc}"
             self._note(message)
             self._mark_gone(message)
             self._exited.set()  # no monitor was started
+            self.close_data()
             raise StartFailed(message, crashed=False) from None
         data_ours, data_relay = pipe_pair()
         health_ours, health_relay = pipe_pair()
@@ -116,9 +117,13 @@ class RayWorker:
             self.ready = self._await_ready(abandon)
         except StartFailed:
             self.kill("start failed")
+            data_relay.close()  # its relay never started
+            self.join(5)
+            self.close_data()
             raise
         self._pid, self.node = self.ready.pid, self.ready.node
-        self.monitor.pid = self._pid  # type: ignore[union-attr]
+        assert self.monitor is not None
+        self.monitor.pid = self._pid
         relay.start(relay.data, data_relay, f"ray-data-{self.role}")
         log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:12])
         return self.ready
