@@ -105,8 +105,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     restart_backoff_max_s: float = 10.0
     failed_cooldown_s: float = 60.0
     """How long a failed role answers ``WorkerUnavailable`` before it tries again."""
-    debug_requests: bool = False
-    """Accept ``DebugRequest`` fault injection (tests only)."""
+    debug_requests: bool = False  # accept DebugRequest fault injection (tests only)
     num_cpus: float = 1.0
     """``backend = "ray"``: CPUs one replica's actor takes from Ray's scheduler."""
     num_gpus: float = 0.0
@@ -116,12 +115,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
 
     def __post_init__(self) -> None:
         if self.request_timeout_s is not None:
-            warnings.warn(
-                "request_timeout_s is deprecated: it is the worker kill deadline, now "
-                "named kill_after_s",
-                DeprecationWarning,
-                stacklevel=2,
-            )
+            message = "request_timeout_s is deprecated: it is the worker kill deadline, now named"
+            warnings.warn(f"{message} kill_after_s", DeprecationWarning, stacklevel=2)
             self.kill_after_s = self.request_timeout_s
             self.request_timeout_s = None
 
@@ -164,10 +159,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
             raise ConfigError(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
                               f"replica takes over at once), not {self.replicas}")  # fmt: skip
-        ray_asks = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
-        for key, amount in ray_asks.items():
-            if not (math.isfinite(amount) and amount >= 0):
-                raise ConfigError(f"{where}.{key} must be a number >= 0, got {amount}")
+        _check_ray_asks(where, {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                **self.resources})  # fmt: skip
         if self.max_restarts < 0:
             raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model and not self.models:
@@ -242,6 +235,9 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
                     f"roles.{role}: unknown role (choose from {', '.join(ROLE_KINDS)})"
                 )
             role_config.validate(role)
+            if self.backend == "ray" and role_config.standby:
+                raise ConfigError(f"roles.{role}.standby: not with backend = \"ray\" (a dead "
+                                  "spare goes unseen until pinged); use replicas")  # fmt: skip
         if self.max_frame_bytes < 1024:
             raise ConfigError(f"max_frame_bytes must be >= 1024, got {self.max_frame_bytes}")
         if self.log_max_bytes < 4096:
@@ -276,6 +272,13 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 
     def resolved_socket(self) -> Path:
         return Path(os.path.expanduser(self.socket or default_socket_path()))
+
+
+def _check_ray_asks(where: str, asks: dict[str, float]) -> None:
+    for key, amount in asks.items():
+        if not (math.isfinite(amount) and amount >= 0) or key in ("CPU", "GPU", "memory"):
+            raise ConfigError(f"{where}.{key}: a number >= 0, and CPUs and GPUs as num_cpus "
+                              f"and num_gpus (got {amount})")  # fmt: skip
 
 
 def check_duration(key: str, seconds: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,7 @@ _users = 0  # started supervisors on the Ray backend in this process
 _joined_by_us = False  # we called ray.init (not the application): we shut it down
 _joiner: threading.Thread | None = None  # the one ray.init, in a thread of its own
 _join_error: Exception | None = None
+_joined_address = ""
 
 
 class _QuietThreadWarning(logging.Filter):
@@ -42,6 +44,14 @@ def ray_module() -> ModuleType:
     return ray
 
 
+def joined() -> ModuleType | None:
+    """``ray`` while this process is in a Ray cluster, else None. Supervisor-side Ray
+    calls check it first: once we left, a Ray call would quietly join whatever cluster
+    this machine runs (Ray's auto-init)."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
 def ensure_connected(address: str, timeout: float = 60.0) -> ModuleType:
     """Join the Ray cluster at ``address`` once per process (``auto``: the one this
     machine runs, or ``$RAY_ADDRESS``; ``local``: start a private one).
@@ -55,6 +65,11 @@ def ensure_connected(address: str, timeout: float = 60.0) -> ModuleType:
     ray = ray_module()
     with _lock:
         if ray.is_initialized():
+            if _joined_by_us and address != _joined_address:
+                raise ConfigError(
+                    f"this process joined Ray at {_joined_address}; one process joins one "
+                    f"cluster, so ray_address = {address!r} cannot be served here"
+                )
             return ray
         if _joiner is None or not _joiner.is_alive():
             _probe(address)
@@ -72,7 +87,7 @@ def ensure_connected(address: str, timeout: float = 60.0) -> ModuleType:
 
 
 def _join(ray: ModuleType, address: str) -> None:
-    global _joined_by_us, _join_error
+    global _joined_by_us, _joined_address, _join_error
     try:
         logging.getLogger("ray._private.worker").addFilter(_QuietThreadWarning())
         ray.init(
@@ -82,9 +97,14 @@ def _join(ray: ModuleType, address: str) -> None:
             include_dashboard=False,
             configure_logging=False,
         )
-        _joined_by_us = True
     except Exception as exc:
         _join_error = exc
+        return
+    with _lock:
+        _joined_by_us, _joined_address = True, address
+        late = _users == 0  # every supervisor closed while Ray was answering
+    if late:
+        release(hold_first=True)
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
@@ -106,12 +126,12 @@ def hold() -> None:
         _users += 1
 
 
-def release() -> None:
+def release(hold_first: bool = False) -> None:
     """A supervisor on the Ray backend closed: the last one leaves the cluster, if it
     was us who joined it (an application's own ``ray.init`` is its own to end)."""
     global _users, _joined_by_us
     with _lock:
-        _users = max(0, _users - 1)
+        _users = max(0, _users - (0 if hold_first else 1))
         if _users or not _joined_by_us:
             return
         _joined_by_us = False
@@ -135,9 +155,12 @@ def actor_class() -> Any:
 
 def create_actor(address: str, config: RoleConfig, boot: bytes) -> Any:
     """A new role actor, placed by Ray where ``num_cpus``/``num_gpus``/``resources``
-    fit. Ray never restarts it or retries its calls: our policy does (a retried
-    stream would splice two generations)."""
-    ensure_connected(address, config.start_timeout_s)
+    fit (replicas spread over the nodes, so one node lost is not all of them). Ray
+    never restarts it or retries its calls: our policy does (a retried stream would
+    splice two generations). ``Unschedulable`` when no node could ever hold it."""
+    ray = ensure_connected(address, config.start_timeout_s)
+    wants = {"CPU": config.num_cpus, "GPU": config.num_gpus, **config.resources}
+    check_feasible(ray.nodes(), {key: amount for key, amount in wants.items() if amount > 0})
     return (
         actor_class()
         .options(
@@ -146,9 +169,25 @@ def create_actor(address: str, config: RoleConfig, boot: bytes) -> Any:
             resources=dict(config.resources),
             max_restarts=0,
             max_task_retries=0,
+            scheduling_strategy="SPREAD" if config.replicas > 1 else "DEFAULT",
         )
         .remote(boot)
     )
+
+
+class Unschedulable(Exception):
+    """No node of the cluster has what one actor of the role asks for."""
+
+
+def check_feasible(nodes: list[dict[str, Any]], wants: dict[str, float]) -> None:
+    """Some live node has every resource ``wants`` asks for (else ``Unschedulable``:
+    Ray would keep the actor pending without end, and the role would time out)."""
+    for node in nodes:
+        have = node.get("Resources", {})
+        if node.get("Alive") and all(have.get(key, 0.0) >= amount for key, amount in wants.items()):
+            return
+    asked = ", ".join(f"{key}={amount:g}" for key, amount in wants.items()) or "nothing"
+    raise Unschedulable(f"no live node of the Ray cluster has {asked}")
 
 
 def describe_death(exc: BaseException) -> str:

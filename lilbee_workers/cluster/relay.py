@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -54,56 +54,77 @@ class ActorRelay:
         threading.Thread(target=target, args=(conn,), name=name, daemon=True).start()
 
     def data(self, relay: Connection) -> None:
-        """Requests to ``call``, its frames back, until the pipe closes or the actor
-        is gone."""
-        ray = connect.ray_module()
+        """Requests to the actor, its frames back, until the pipe closes or the actor is
+        gone. A Ray call that fails for any reason gives the actor up (``on_gone``)."""
         with relay:
             while not self.gone.is_set():
                 try:
                     raw = relay.recv_bytes()
                 except (EOFError, OSError):
-                    return
-                try:
-                    if codec.tag_of(raw) in STREAMING:
-                        for ref in self.actor.call.options(concurrency_group="data").remote(raw):
-                            relay.send_bytes(ray.get(ref))
-                    else:
-                        once = self.actor.call_once.options(concurrency_group="data").remote(raw)
-                        for frame in ray.get(once):
-                            relay.send_bytes(frame)
-                except (OSError, ValueError):
                     return  # our end closed: the owner is done with this worker
+                try:
+                    for data in self._frames(raw):
+                        relay.send_bytes(data)
+                except (OSError, ValueError) as exc:
+                    if _ours(exc):
+                        return  # our end closed under a reply
+                    self.on_gone(connect.describe_death(exc))
+                    return
                 except Exception as exc:  # the actor died (or Ray lost it) under the call
                     self.on_gone(connect.describe_death(exc))
                     return
 
+    def _frames(self, raw: bytes) -> Iterator[bytes]:
+        """The reply frames of one request, as the actor makes them."""
+        ray = connect.joined()
+        if ray is None:
+            raise ConnectionError("this process left the Ray cluster")
+        if codec.tag_of(raw) in STREAMING:
+            for ref in self.actor.call.options(concurrency_group="data").remote(raw):
+                yield ray.get(ref)
+        else:
+            yield from ray.get(self.actor.call_once.options(concurrency_group="data").remote(raw))
+
     def health(self, relay: Connection) -> None:
         """Pings to ``beat`` (its frames back), cancels and shutdown to the actor;
-        while it loads, its progress and log lines every ``LOADING_POLL_S``."""
+        while it loads, its progress and log lines every ``LOADING_POLL_S``. If this
+        thread fails, the actor is given up: nobody would watch it any more."""
         with relay:
-            while not self.gone.is_set():
-                try:
-                    if not relay.poll(LOADING_POLL_S):
-                        if not self.loaded():
-                            self.beat(relay, 0)
-                        continue
-                    frame = codec.TO_HEARTBEAT.decode(relay.recv_bytes())
-                except (EOFError, OSError):
-                    return
-                except ProtocolError:
-                    continue
-                if isinstance(frame, Ping):
-                    self.beat(relay, frame.seq)
-                elif isinstance(frame, Cancel):
-                    self.actor.cancel.options(concurrency_group="control").remote(frame.id)
-                elif isinstance(frame, Shutdown):
-                    self.actor.stop.options(concurrency_group="control").remote()
-                    relay.send_bytes(codec.encode(ShutdownAck()))
+            try:
+                self._serve_health(relay)
+            except (EOFError, OSError):
+                return  # the monitor closed its end: the worker is done
+            except Exception as exc:
+                self.on_gone(f"health relay failed: {type(exc).__name__}: {exc}")
+
+    def _serve_health(self, relay: Connection) -> None:
+        while not self.gone.is_set():
+            if not relay.poll(LOADING_POLL_S):
+                if not self.loaded():
+                    self.beat(relay, 0)
+                continue
+            try:
+                frame = codec.TO_HEARTBEAT.decode(relay.recv_bytes())
+            except ProtocolError:
+                continue
+            if connect.joined() is None:
+                self.on_gone("this process left the Ray cluster")
+                return
+            if isinstance(frame, Ping):
+                self.beat(relay, frame.seq)
+            elif isinstance(frame, Cancel):
+                self.actor.cancel.options(concurrency_group="control").remote(frame.id)
+            elif isinstance(frame, Shutdown):
+                self.actor.stop.options(concurrency_group="control").remote()
+                relay.send_bytes(codec.encode(ShutdownAck()))
 
     def beat(self, relay: Connection, seq: int) -> None:
         """One ``beat``: its frames to the monitor, its log lines into the role's log
         too. An actor that does not answer in time is left to the monitor's deadline."""
-        ray = connect.ray_module()
+        ray = connect.joined()
+        if ray is None:
+            self.on_gone("this process left the Ray cluster")
+            return
         try:
             reply = self.actor.beat.options(concurrency_group="control").remote(seq)
             frames = ray.get(reply, timeout=self.heartbeat_timeout_s)
@@ -125,6 +146,11 @@ class ActorRelay:
             return
         if isinstance(frame, LogRecord):
             self.note(frame.message)
+
+
+def _ours(exc: BaseException) -> bool:
+    """An error of our own pipe, not one Ray raised (Ray's errors may subclass these)."""
+    return type(exc) in (OSError, ValueError, BrokenPipeError, ConnectionResetError)
 
 
 def pipe_pair() -> tuple[Connection, Connection]:

@@ -18,6 +18,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,15 @@ class RayWorker:
         self._monitor_thread: threading.Thread | None = None
         self._sentinel_read, self._sentinel_write = os.pipe()
         self._released = False  # the owner is done: nobody polls the sentinel
+        self._killed = False  # ray.kill was called (once)
         self._lock = threading.Lock()  # the sentinel's two ends; log lines
 
     # ------------------------------------------------------------------ start
 
     def start(self, abandon: Callable[[], bool] = lambda: False) -> Ready:
         """Create the actor, load the model in it, and wait for READY; ``StartFailed``
-        if it never comes (the cluster unreachable, the load failed, the actor died)."""
+        if it never comes (the cluster unreachable, the load failed, the actor died).
+        Whatever goes wrong, nothing is left behind: no actor, thread or pipe."""
         rotate_if_large(self.log_path, self.log_max_bytes)
         self._note(f"=== lilbee-workers {self.role} actor generation {self.generation}")
         try:
@@ -95,6 +98,26 @@ class RayWorker:
             self._exited.set()  # no monitor was started
             self.close_data()
             raise StartFailed(message, crashed=False) from None
+        data_relay: Connection | None = None
+        try:
+            data_relay, relay = self._connect_pipes()
+            self.ready = self._await_ready(abandon)
+            self._pid, self.node = self.ready.pid, self.ready.node
+            assert self.monitor is not None
+            self.monitor.pid = self._pid
+            relay.start(relay.data, data_relay, f"ray-data-{self.role}")
+        except BaseException:
+            self.kill("start failed")
+            if data_relay is not None:
+                data_relay.close()  # its relay never started
+            self.join(5)
+            self.close_data()
+            raise
+        log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:12])
+        return self.ready
+
+    def _connect_pipes(self) -> tuple[Connection, ActorRelay]:
+        """The local pipes, the monitor and the health relay; the data relay's end."""
         data_ours, data_relay = pipe_pair()
         health_ours, health_relay = pipe_pair()
         self.data = PipeChannel(data_ours, codec.FROM_WORKER, self.max_frame_bytes)
@@ -109,24 +132,11 @@ class RayWorker:
             self.config.heartbeat_timeout_s,
             loaded=lambda: self.ready is not None,
             gone=self._gone,
-            on_gone=self._mark_gone,
+            on_gone=self._end,
             note=self._note,
         )
         relay.start(relay.health, health_relay, f"ray-health-{self.role}")
-        try:
-            self.ready = self._await_ready(abandon)
-        except StartFailed:
-            self.kill("start failed")
-            data_relay.close()  # its relay never started
-            self.join(5)
-            self.close_data()
-            raise
-        self._pid, self.node = self.ready.pid, self.ready.node
-        assert self.monitor is not None
-        self.monitor.pid = self._pid
-        relay.start(relay.data, data_relay, f"ray-data-{self.role}")
-        log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:12])
-        return self.ready
+        return data_relay, relay
 
     def _boot(self) -> bytes:
         boot = WorkerBoot(
@@ -163,7 +173,7 @@ class RayWorker:
         loading = self._actor.load.options(concurrency_group="data").remote()
         deadline = time.monotonic() + self.config.start_timeout_s
         while not ray.wait([loading], timeout=LOADING_POLL_S)[0]:
-            if self._gone.is_set():
+            if self._gone.is_set() or connect.joined() is None:
                 raise StartFailed(self.exit_description(), crashed=True, log_tail=self.log_tail())
             if abandon():
                 raise StartFailed(f"{self.role} is shutting down", crashed=False)
@@ -173,7 +183,7 @@ class RayWorker:
         try:
             frame = codec.FROM_WORKER.decode(ray.get(loading))
         except Exception as exc:  # the actor died while loading
-            self._mark_gone(connect.describe_death(exc))
+            self._end(connect.describe_death(exc))
             raise StartFailed(
                 f"actor died while loading the model: {self.exit_description()}",
                 crashed=True,
@@ -262,7 +272,9 @@ class RayWorker:
         return f"{who} {self.kill_reason}; {how}" if self.kill_reason else f"{who} {how}"
 
     def _note(self, line: str) -> None:
+        """A line in the role's log (rotated past ``log_max_bytes``, as a worker does)."""
         with self._lock:
+            rotate_if_large(self.log_path, self.log_max_bytes)
             try:
                 with open(self.log_path, "a", encoding="utf-8") as handle:
                     handle.write(line.rstrip("\n") + "\n")
@@ -278,12 +290,22 @@ class RayWorker:
         self._end("killed")
 
     def _end(self, death: str) -> None:
-        if self._actor is not None and not self._gone.is_set():
-            try:
-                connect.ray_module().kill(self._actor, no_restart=True)
-            except Exception as exc:
-                log.warning("ray.kill failed", role=self.role, error=str(exc))
+        """The actor is given up, for whatever reason (killed, stopped, or a Ray call
+        failed: Ray may only call it unavailable, or a method raised): it is seen gone
+        at once, and then killed, so a live actor never keeps its model and its share of
+        the cluster behind our back. Never a Ray call once this process left Ray."""
         self._mark_gone(death)
+        with self._lock:
+            if self._killed or self._actor is None:
+                return
+            self._killed = True
+        ray = connect.joined()
+        if ray is None:
+            return  # the cluster is left: its actors ended with our driver
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except Exception as exc:
+            log.warning("ray.kill failed", role=self.role, error=str(exc))
 
     def join(self, timeout: float) -> None:
         self._exited.wait(timeout)
@@ -291,7 +313,7 @@ class RayWorker:
     def stop(self, grace_s: float) -> None:
         """Stop what runs (the owner stops a worker after its calls), then end the actor."""
         self._stopping = True
-        if self._actor is not None and not self._gone.is_set():
+        if self._actor is not None and not self._gone.is_set() and connect.joined():
             try:
                 self._actor.stop.options(concurrency_group="control").remote()
             except Exception:

@@ -330,6 +330,7 @@ def merge(role: str, each: list[RoleStatus], latencies: list[list[float]]) -> Ro
         role=role,
         state=_role_state(states).value,
         pid=lead.pid,
+        node=lead.node,
         model=lead.model,
         model_name=lead.model_name,
         models=lead.models,

@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,9 @@ from lilbee_workers import (
     SupervisorConfig,
     WorkerCrashed,
     WorkerUnavailable,
+    testing,
 )
+from lilbee_workers.transport.frames import DebugRequest
 
 pytest.importorskip("ray")
 
@@ -246,6 +249,43 @@ def test_a_model_missing_on_the_node_fails_the_role_with_the_actors_reason(
         assert "model file not found: /nonexistent/on-the-node.gguf" in status.last_exit
         with pytest.raises(WorkerUnavailable, match="model file not found"):
             sup.embed(["x"])
+
+
+def test_an_actor_given_up_after_a_failed_ray_call_is_killed_not_orphaned(
+    ray_sup: Supervisor,
+) -> None:
+    # What the relays do when a Ray call fails without a confirmed death (the actor
+    # "unavailable", or a method raising): give the handle up. The actor must go too.
+    sup = ready(ray_sup)
+    [replica] = sup._dispatcher("embed").replicas
+    worker: Any = replica.worker
+    old_pid = worker.pid
+    worker._end("ActorUnavailableError: the actor is temporarily unavailable")
+    wait_until(lambda: not pid_alive(old_pid), timeout=30, what="the given-up actor killed")
+    assert sup.embed(["after"]).shape == (1, 640) and sup.worker_pid("embed") != old_pid
+
+
+def test_an_unplaceable_role_fails_at_once_and_logs_rotate_while_an_actor_runs(
+    ray_cluster: Any, make_config: Callable[..., SupervisorConfig], tiny_reranker: str
+) -> None:
+    roles = {
+        "embed": {},
+        "rerank": {"model": tiny_reranker, "n_ctx": 256, "resources": {"no_such_node": 1}},
+    }
+    config = make_config(roles, backend="ray", ray_address=ray_cluster.address, log_max_bytes=8192)
+    began = time.monotonic()
+    with Supervisor(config) as sup:
+        rerank = sup.role_status("rerank")
+        assert rerank.state == "failed" and time.monotonic() - began < 30  # not start_timeout
+        assert "no live node of the Ray cluster has" in rerank.last_exit
+        assert "no_such_node=1" in rerank.last_exit
+        log_path = Path(sup.role_status("embed").log_path)
+        for _ in range(3):  # forwarded log records land in the role's log, rotated
+            testing.debug(sup, "embed", DebugRequest(id=0, action="log", count=300))
+            sup.embed(["between"])  # the next ping brings the records over
+            time.sleep(0.5)
+        assert log_path.with_suffix(".log.1").exists()
+        assert log_path.stat().st_size < 8192 + 64 * 1024
 
 
 def _cmdline(pid: int) -> str:

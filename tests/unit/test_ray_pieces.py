@@ -56,6 +56,28 @@ def test_ray_placement_keys_parse_and_bad_amounts_name_the_key() -> None:
         parse_config('backend = "k8s"\n[roles.embed]\nmodel = "m.gguf"\n')
 
 
+def test_ray_rejects_standby_and_cpus_given_as_custom_resources() -> None:
+    with pytest.raises(ConfigError, match=r"roles\.embed\.standby.*use replicas"):
+        parse_config('backend = "ray"\n[roles.embed]\nmodel = "m.gguf"\nstandby = true\n')
+    assert parse_config('[roles.embed]\nmodel = "m.gguf"\nstandby = true\n')  # local: fine
+    with pytest.raises(ConfigError, match=r"roles\.embed\.GPU.*num_gpus"):
+        parse_config('[roles.embed]\nmodel = "m.gguf"\nresources = { GPU = 1 }\n')
+
+
+def test_an_actor_no_live_node_could_hold_is_refused_with_what_it_asked() -> None:
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1.0, "gpu_box": 1.0}},
+        {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+    ]
+    connect.check_feasible(nodes, {"CPU": 4.0, "GPU": 1.0})  # the third node
+    connect.check_feasible(nodes, {})
+    with pytest.raises(connect.Unschedulable, match=r"has CPU=1, gpu_box=1$"):
+        connect.check_feasible(nodes, {"CPU": 1.0, "gpu_box": 1.0})  # only on a dead node
+    with pytest.raises(connect.Unschedulable, match="CPU=16"):
+        connect.check_feasible(nodes, {"CPU": 16.0})
+
+
 def test_reload_cannot_move_roles_to_another_backend() -> None:
     roles = {"embed": RoleConfig(model="m.gguf")}
     sup = Supervisor(SupervisorConfig(roles=roles))
