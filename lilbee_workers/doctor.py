@@ -67,12 +67,19 @@ def diagnose(
 
 
 def check_ray(address: str) -> Finding:
-    """``backend = "ray"``: Ray is installed (the cluster itself is joined at start)."""
+    """``backend = "ray"``: Ray is installed, and a ``HOST:PORT`` head answers (the
+    cluster itself is joined at start)."""
+    from lilbee_workers.cluster.connect import probe
+
     try:
         import ray
     except ImportError:
         return Finding("backend", "error", "backend = \"ray\" but Ray is not installed",
                        "pip install 'lilbee-workers[ray]'")  # fmt: skip
+    try:
+        probe(address, timeout=3.0)
+    except ConnectionError as exc:
+        return Finding("backend", "error", str(exc), "start the Ray head, or fix `ray_address`")
     return Finding(
         "backend",
         "ok",

@@ -123,8 +123,14 @@ def prepare_socket_dir(directory: Path) -> None:
             " to a path in a directory you own, such as $XDG_RUNTIME_DIR"
         )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        shared = info.st_mode & stat.S_ISVTX  # /tmp and its like: never chmod those
+        fix = (
+            f"use a directory of your own in it, such as {directory}/lilbee-workers-{me}/"
+            if shared
+            else f"run `chmod go-w {directory}`, or use a directory only you can write"
+        )
         raise DaemonSetupError(
             f"socket directory {directory} is writable by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):#o}): another user could replace the socket."
-            f" Run `chmod go-w {directory}`, or use a directory only you can write"
+            f"(mode {stat.S_IMODE(info.st_mode):#o}): another user could replace the socket;"
+            f" {fix}"
         )

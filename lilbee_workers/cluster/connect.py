@@ -72,7 +72,7 @@ def ensure_connected(address: str, timeout: float = 60.0) -> ModuleType:
                 )
             return ray
         if _joiner is None or not _joiner.is_alive():
-            _probe(address)
+            probe(address)
             _join_error = None
             _joiner = threading.Thread(target=_join, args=(ray, address), name="ray-join")
             _joiner.daemon = True
@@ -107,7 +107,7 @@ def _join(ray: ModuleType, address: str) -> None:
         release(hold_first=True)
 
 
-def _probe(address: str, timeout: float = 5.0) -> None:
+def probe(address: str, timeout: float = 5.0) -> None:
     """For a ``HOST:PORT`` address, that something listens there."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():

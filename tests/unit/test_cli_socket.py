@@ -47,3 +47,23 @@ def test_default_with_and_without_xdg_runtime_dir(monkeypatch: pytest.MonkeyPatc
     path, source = socket_for(None, None, None)
     assert path == Path(f"/tmp/lilbee-workers-{os.getuid()}/lilbee-workers.sock")
     assert "XDG_RUNTIME_DIR is unset" in source
+
+
+def test_a_sticky_shared_socket_dir_is_refused_without_advising_chmod_of_it(
+    tmp_path: Path,
+) -> None:
+    from lilbee_workers.socket_setup import DaemonSetupError, prepare_socket_dir
+
+    shared = tmp_path / "tmp-like"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: chmod go-w would break every other user of it
+    with pytest.raises(DaemonSetupError) as caught:
+        prepare_socket_dir(shared)
+    message = str(caught.value)
+    assert "writable by group or others" in message and "chmod" not in message
+    assert f"{shared}/lilbee-workers-{os.getuid()}/" in message
+    plain = tmp_path / "group-writable"
+    plain.mkdir()
+    plain.chmod(0o777)
+    with pytest.raises(DaemonSetupError, match="chmod go-w"):
+        prepare_socket_dir(plain)

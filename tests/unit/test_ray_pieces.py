@@ -4,6 +4,7 @@ error where Ray is missing, config keys, the status table's node column."""
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 
 import pytest
@@ -124,5 +125,12 @@ def test_doctor_checks_ray_is_installed_for_the_ray_backend(
     assert missing.level == "error" and "lilbee-workers[ray]" in missing.fix
     monkeypatch.undo()
     if importlib.util.find_spec("ray") is not None:
-        found = check_ray("127.0.0.2:6379")
-        assert found.level == "ok" and "127.0.0.2:6379" in found.message
+        with socket.socket() as head:  # something listening: ok
+            head.bind(("127.0.0.2", 0))
+            head.listen(1)
+            address = f"127.0.0.2:{head.getsockname()[1]}"
+            found = check_ray(address)
+            assert found.level == "ok" and address in found.message
+        refused = check_ray(address)  # nothing there any more
+        assert refused.level == "error" and "nothing answers at" in refused.message
+        assert check_ray("auto").level == "ok"  # Ray's own to resolve at start
