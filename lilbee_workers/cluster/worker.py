@@ -113,7 +113,7 @@ class RayWorker:
             self.join(5)
             self.close_data()
             raise
-        log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:12])
+        log.info("actor ready", role=self.role, pid=self._pid, node=self.node[:8])
         return self.ready
 
     def _connect_pipes(self) -> tuple[Connection, ActorRelay]:
@@ -265,9 +265,9 @@ class RayWorker:
         return tail_lines(self.log_path, lines)
 
     def exit_description(self) -> str:
-        who = f"{self.role} actor pid {self._pid or '-'}"
+        who = f"{self.role} actor" + (f" pid {self._pid}" if self._pid else "")
         if self.node:
-            who += f" on node {self.node[:12]}"
+            who += f" on node {self.node[:8]}"  # as status shows it
         how = self.death or ("still running" if self.alive() else "gone")
         return f"{who} {self.kill_reason}; {how}" if self.kill_reason else f"{who} {how}"
 
