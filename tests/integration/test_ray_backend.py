@@ -223,7 +223,7 @@ def test_joining_ray_keeps_the_programs_sigterm_handler_and_close_leaves_the_clu
         config = SupervisorConfig(roles={{"embed": RoleConfig(model={model_path!r})}},
                                   backend="ray", ray_address={ray_cluster.address!r},
                                   log_dir={str(tmp_path)!r})
-        connect.ensure_connected(config.ray_address)  # joins from the main thread
+        connect.ensure_connected(config.ray_address)  # asked from the main thread
         assert signal.getsignal(signal.SIGTERM) is ours
         with Supervisor(config) as sup:
             assert sup.embed(["x"]).shape == (1, 640)
