@@ -74,6 +74,24 @@ def load(
 ) -> RoleHandler:
     """Load the role's model (telling ``progress`` how far it has come) and say READY;
     on failure say why and exit."""
+    handler, frame = load_role(boot, state, progress)
+    if handler is None:
+        try:
+            data.send(frame)
+        finally:
+            os._exit(2)
+    data.send(frame)
+    return handler
+
+
+def load_role(
+    boot: WorkerBoot,
+    state: RequestState,
+    progress: Callable[[float], None],
+    node: str = "",
+) -> tuple[RoleHandler, Ready] | tuple[None, LoadFailed]:
+    """Load the role's model for a worker (a process, or a Ray actor on ``node``): the
+    handler and its ``Ready``, or None and ``LoadFailed`` with the reason."""
     from lilbee_workers.roles import create_handler
 
     config = msgspec.msgpack.decode(boot.config, type=RoleConfig)
@@ -89,24 +107,20 @@ def load(
         kind = "model" if isinstance(exc, (ModelError, ImportError)) else "internal"
         message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         log.error("load failed: %s", message)
-        try:
-            data.send(LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message))
-        finally:
-            os._exit(2)
+        return None, LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message)
     seconds = time.monotonic() - started
     log.info("%s worker ready: %s in %.2fs", boot.role, boot.model_path, seconds)
-    data.send(
-        Ready(
-            role=boot.role,
-            pid=os.getpid(),
-            model=boot.model_path,
-            n_ctx=model.n_ctx,
-            n_embd=model.n_embd,
-            chat_template=model.chat_template,
-            load_seconds=seconds,
-        )
+    ready = Ready(
+        role=boot.role,
+        pid=os.getpid(),
+        model=boot.model_path,
+        n_ctx=model.n_ctx,
+        n_embd=model.n_embd,
+        chat_template=model.chat_template,
+        load_seconds=seconds,
+        node=node,
     )
-    return handler
+    return handler, ready
 
 
 class Server:

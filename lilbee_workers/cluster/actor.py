@@ -20,19 +20,18 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import msgspec
 
 from lilbee_workers.child.heartbeat import ForwardingHandler, ProgressReporter, rss_bytes
-from lilbee_workers.child.main import Server
+from lilbee_workers.child.main import Server, load_role
 from lilbee_workers.child.state import RequestState
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import InvalidRequest, ModelError, ProtocolError, WorkerError
+from lilbee_workers.errors import InvalidRequest, ProtocolError
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.error_frames import to_frame
-from lilbee_workers.transport.frames import Frame, LoadFailed, Pong, Ready, Request, WorkerBoot
+from lilbee_workers.transport.frames import Frame, Pong, Request, WorkerBoot
 
 log = logging.getLogger("lilbee_workers.actor")
 _OUTBOX_FRAMES = 1000  # log and progress frames kept between two beats
@@ -74,38 +73,11 @@ class RoleActor:
 
     def load(self) -> bytes:
         """Load the model; an encoded ``Ready``, or ``LoadFailed`` with the reason."""
-        from lilbee_workers.roles import create_handler
-        from lilbee_workers.roles.base import load_progress
-
-        boot, started = self.boot, time.monotonic()
-        try:
-            handler = create_handler(boot.role, self.config, boot.model_path, boot.log_path)
-            with load_progress(ProgressReporter(self.outbox)):
-                model = handler.load()
-            handler.watch_cancel(self.state.cancel)
-            if boot.warm_up:
-                handler.warm_up()
-        except Exception as exc:
-            kind = "model" if isinstance(exc, (ModelError, ImportError)) else "internal"
-            message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
-            log.error("load failed: %s", message)
-            return codec.encode(
-                LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message)
-            )
-        self.server = Server(None, handler, self.state, self.config, boot)  # type: ignore[arg-type]
-        seconds = time.monotonic() - started
-        log.info("%s actor ready: %s in %.2fs", boot.role, boot.model_path, seconds)
-        ready = Ready(
-            role=boot.role,
-            pid=os.getpid(),
-            model=boot.model_path,
-            n_ctx=model.n_ctx,
-            n_embd=model.n_embd,
-            chat_template=model.chat_template,
-            load_seconds=seconds,
-            node=_node_id(),
-        )
-        return codec.encode(ready)
+        progress = ProgressReporter(self.outbox)
+        handler, frame = load_role(self.boot, self.state, progress, _node_id())
+        if handler is not None:
+            self.server = Server(None, handler, self.state, self.config, self.boot)  # type: ignore[arg-type]
+        return codec.encode(frame)
 
     def call(self, raw: bytes) -> Iterator[bytes]:
         """One request's frames, encoded: its chunks as they come, then its final frame
