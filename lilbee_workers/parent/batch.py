@@ -6,8 +6,11 @@ gets its own answer: a bad part fails alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import Cancelled, WorkerError
+from lilbee_workers.parent import merging
 from lilbee_workers.parent.attempt import Answered
 from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.queue import RoleQueue
@@ -27,26 +30,6 @@ from lilbee_workers.transport.frames import (
     RerankRequest,
     RerankResult,
 )
-
-
-def can_merge(call: Call, config: RoleConfig) -> bool:
-    """Calls whose requests a worker batch can carry: embed (any options mix), and
-    rerank with a rank head (generative scoring gains nothing from a batch). A call
-    retried on another replica runs alone: it has used its retry, the others have not."""
-    request = call.request
-    mergeable = isinstance(request, EmbedRequest) or (
-        isinstance(request, RerankRequest) and config.rerank_mode == "rank"
-    )
-    return mergeable and not call.cancelled and not call.retried
-
-
-def items_of(call: Call) -> int:
-    """Texts or documents: what ``coalesce_max_items`` counts."""
-    if isinstance(call.request, EmbedRequest):
-        return len(call.request.texts)
-    if isinstance(call.request, RerankRequest):
-        return len(call.request.documents)
-    return 1
 
 
 class MergedCall:
@@ -143,23 +126,30 @@ def batch_shape(frame: AnyFrame) -> tuple[int, int | None] | None:
     return (sum(len(p.results) for p in ranked), None) if ranked else None
 
 
-def coalesce(call: Call, queue: RoleQueue, config: RoleConfig) -> Attempted:
-    """``call`` and the compatible calls queued behind it, as one worker batch."""
-    if not (config.coalesce and can_merge(call, config)):
+def coalesce(
+    call: Call, queue: RoleQueue, config: RoleConfig, max_frame_bytes: int, n_embd: int
+) -> Attempted:
+    """``call`` and the compatible calls queued behind it, as one worker batch, within
+    the bounds of ``merging`` (items; request and reply bytes under ``max_frame_bytes``,
+    the reply sized by the loaded model's ``n_embd``, 0 if unknown)."""
+    if not (config.coalesce and merging.can_merge(call, config)):
         return call
-    room = config.coalesce_max_items - items_of(call)
-    if config.coalesce_wait_ms > 0 and room > 0:
+    budget = merging.Budget(call.request, config, max_frame_bytes, n_embd)
+    if not budget.has_room:
+        return call
+    if config.coalesce_wait_ms > 0:
         queue.wait_for_calls(config.coalesce_wait_ms / 1000.0)
     kind, model = type(call.request), getattr(call.request, "model", None)
 
-    def same_model(other: Call) -> bool:
+    def joins(other: Call) -> bool:
         return (
-            can_merge(other, config)
+            merging.can_merge(other, config)
             and type(other.request) is kind
             and getattr(other.request, "model", None) == model
+            and budget.admit(other.request)
         )
 
-    more = queue.take_more(same_model, items_of, room)
+    more = queue.take_more(joins, lambda other: 0, 0)  # the budget counts the items
     return MergedCall([call, *more]) if more else call
 
 
@@ -173,3 +163,31 @@ def account(stats: RoleStats, call: Attempted, outcome: Answered) -> None:
     shape = batch_shape(outcome.frame) if outcome.frame is not None else None
     if shape is not None:
         stats.batch(*shape)
+
+
+def answer_lost(
+    parts: list[Call],
+    steps: list[merging.Next],
+    stats: RoleStats,
+    crashed: Callable[..., WorkerError],
+    shutting_down: WorkerError,
+    log_path: str,
+) -> list[Call]:
+    """Answer the callers' calls of a lost attempt that end here, as ``merging`` decided
+    (each on its own); return the ones to retry alone. ``crashed(attempts,
+    chunks_delivered=, log_path=)``: the error of a call whose attempts are spent."""
+    retry = []
+
+    def give_up(part: Call) -> WorkerError:
+        attempts, chunks = merging.attempts_of(part), part.chunks_delivered
+        return crashed(attempts, chunks_delivered=chunks, log_path=log_path)
+
+    for part, step in zip(parts, steps, strict=True):
+        if step is merging.Next.RETRY_ALONE:
+            retry.append(part)
+        elif step is merging.Next.CANCELLED:
+            part.fail(part.cancelled_error())
+        elif step is not merging.Next.ANSWERED:
+            stats.failed()
+            part.fail(shutting_down if step is merging.Next.SHUT_DOWN else give_up(part))
+    return retry

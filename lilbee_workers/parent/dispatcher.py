@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -23,7 +24,7 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import WorkerError, WorkerUnavailable
 from lilbee_workers.logs import MAX_LOG_BYTES, role_log_path
-from lilbee_workers.parent import batch, policy
+from lilbee_workers.parent import batch, merging, policy
 from lilbee_workers.parent.attempt import Answered, run_attempt
 from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.factory import process_factory
@@ -68,6 +69,7 @@ class RoleDispatcher:
         self.role = role
         self.replica = replica
         self._hand_over = hand_over
+        self._max_frame = max_frame_bytes
         self.log_path = role_log_path(log_dir, role, replica)
         self.stats = RoleStats()
         self.started = threading.Event()
@@ -227,7 +229,9 @@ class RoleDispatcher:
                     item.done.set()
                 self.queue.release()
         elif isinstance(item, Call):
-            self._serve(batch.coalesce(item, self.queue, self.config))
+            ready = self.worker.ready if self.worker is not None else None
+            n_embd = ready.n_embd if ready is not None and self._needs_no_switch(item) else 0
+            self._serve(batch.coalesce(item, self.queue, self.config, self._max_frame, n_embd))
 
     # ------------------------------------------------------------------ calls
 
@@ -252,9 +256,9 @@ class RoleDispatcher:
             self.queue.release()
 
     def _run_call(self, call: Attempted) -> bool:
-        """Attempts until the call is answered, under the retry rules of ``policy``.
-        True if another replica took the call over for its retry."""
-        attempt = 1 if call.retried else 0  # a call handed over has had its retry
+        """Attempts until the call is answered, under the rules of ``policy`` and
+        ``merging``. True if its calls were moved on for their retries (to another
+        replica, or a merged batch's parts each to the head of this role's line)."""
         while True:
             life = self.life
             worker = life.worker
@@ -269,35 +273,34 @@ class RoleDispatcher:
                 batch.account(self.stats, call, outcome)
                 return False
             reason = life.retire(worker, outcome)
-            if self.queue.closing:
-                self._give_up(call, self.shutting_down_error())
+            parts, tail = batch.calls_of(call), worker.log_tail()
+            steps = merging.after_loss(outcome, parts, self.queue.closing)
+            crashed = partial(policy.crashed_error, self.role, reason=reason, log_tail=tail)
+            retry = batch.answer_lost(
+                parts, steps, self.stats, crashed, self.shutting_down_error(), str(self.log_path)
+            )
+            if not retry:
+                if not self.queue.closing:
+                    self._respawn()
                 return False
-            if call.cancelled:  # the caller is gone: nothing to retry for
-                call.fail(call.cancelled_error())
-                self._respawn()
-                return False
-            if not policy.should_retry(attempt, call.chunks_delivered):
-                error = policy.crashed_error(
-                    self.role,
-                    attempt + 1,
-                    reason,
-                    call.chunks_delivered,
-                    str(self.log_path),
-                    worker.log_tail(),
-                )
-                self._give_up(call, error)
-                self._respawn()
-                return False
-            attempt += 1
-            call.retried = True
-            self.stats.retrying()
-            if self._hand_over is not None and self._hand_over(batch.calls_of(call), self):
+            for part in retry:
+                part.retried = True
+                self.stats.retrying()
+            if self._hand_over is not None and self._hand_over(retry, self):
                 log.warning("retrying call on another replica", role=self.role, reason=reason)
                 return True  # and the replica posted a Recover for this worker
             log.warning("retrying call on a fresh worker", role=self.role, reason=reason)
             if not self._respawn().ok:
-                self._give_up(call, self.life.unavailable())
+                for part in retry:
+                    self._give_up(part, self.life.unavailable())
                 return False
+            if len(retry) == 1:
+                call = retry[0]  # alone already: retried here, in this loop
+                continue
+            for part in reversed(retry):  # each alone, first in line, in their order
+                if not self.queue.take_over(part):
+                    self._give_up(part, self.shutting_down_error())
+            return True
 
     def _give_up(self, call: Attempted, error: WorkerError) -> None:
         self.stats.failed()
