@@ -111,7 +111,8 @@ class FakeWorker:
         self._theirs = PipeChannel(theirs, codec.TO_WORKER)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
-        self.ready = Ready(role=self.role, pid=self.pid, model=self.model_path, n_ctx=512)
+        ready = Ready(role=self.role, pid=self.pid, model=self.model_path, n_ctx=512, n_embd=1)
+        self.ready = ready  # n_embd: the fake answers 1-float vectors
         return self.ready
 
     def _serve(self) -> None:
