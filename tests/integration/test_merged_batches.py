@@ -49,9 +49,9 @@ def test_a_poison_request_in_a_merged_batch_fails_alone(
     make_config: Callable[..., SupervisorConfig], direct_embed: Callable[[list[str]], Any]
 ) -> None:
     """Caller A's 200 long texts overrun kill_after_s (8 s), merged or alone; caller B's
-    one short text takes a fraction of a second alone (seconds on a crowded machine). Both queued behind a busy worker run
-    as one batch, which is killed at the deadline: B is retried alone and answered, A is
-    the only one told "poison request?"."""
+    one short text takes a fraction of a second alone (seconds on a crowded machine).
+    Both queued behind a busy worker run as one batch, which is killed at the deadline:
+    B is retried alone and answered, A is the only one told "poison request?"."""
     long_texts = [f"text {i}: " + "bees carry nectar back to the hive " * 100 for i in range(200)]
     config = make_config({"embed": {"kill_after_s": 8.0, "max_restarts": 100}})
     with Supervisor(config) as sup:
@@ -70,19 +70,23 @@ def test_a_poison_request_in_a_merged_batch_fails_alone(
     assert status.batch_sizes.get("128-255", 0) == before.get("128-255", 0)  # never answered
 
 
-def test_merged_requests_never_outgrow_the_frame_cap(
-    make_config: Callable[..., SupervisorConfig], direct_embed: Callable[[list[str]], Any]
+BIG_REQUESTS = [[f"{i} " + AIRY] for i in range(2)]  # 5 KB of text each
+BIG_REPLIES = [[f"{SHORT} {i} {j}" for j in range(2)] for i in range(2)]  # 2 x 2.5 KB floats
+
+
+@pytest.mark.parametrize("group", [BIG_REQUESTS, BIG_REPLIES], ids=["requests", "replies"])
+def test_merged_calls_never_outgrow_the_frame_cap(
+    make_config: Callable[..., SupervisorConfig],
+    direct_embed: Callable[[list[str]], Any],
+    group: list[list[str]],
 ) -> None:
     """With max_frame_bytes = 8 KiB: two callers whose requests (5 KB of text each) fit
-    alone but not together, and two whose replies (2 vectors x 640 floats, 5.1 KB) fit
-    alone but not together. Merged blindly, both were answered "request too large" or
-    "reply too large"; each must get its solo answer."""
-    big_requests = [[f"{i} " + AIRY] for i in range(2)]
-    big_replies = [[f"{SHORT} {i} {j}" for j in range(2)] for i in range(2)]
+    alone but not together, or whose replies (2 vectors x 640 floats, 5.1 KB) fit alone
+    but not together. Merged blindly, both were answered "request too large" or "reply
+    too large"; each must get its solo answer."""
     config = make_config({"embed": {}}, max_frame_bytes=8 * 1024)
     with Supervisor(config) as sup:
-        for group in (big_requests, big_replies):
-            calls = [lambda texts=texts: sup.embed(texts) for texts in group]
-            results = run_while_busy(sup, calls)
-            for got, texts in zip(results, group, strict=True):
-                assert_solo_answer(got, direct_embed(texts))
+        calls = [lambda texts=texts: sup.embed(texts) for texts in group]
+        results = run_while_busy(sup, calls)
+    for got, texts in zip(results, group, strict=True):
+        assert_solo_answer(got, direct_embed(texts))
