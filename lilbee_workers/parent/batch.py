@@ -1,7 +1,9 @@
 """Coalescing: embed calls (and rank rerank calls) that queued while the worker was
 busy run as one worker batch when it frees up (one ``llama_decode`` for many short texts
 is 2-2.6x faster than one per text). Each caller keeps its own deadline and cancel, and
-gets its own answer: a bad part fails alone.
+gets its own answer: a bad part fails alone. Which calls merge, how big a batch grows and
+what each part does when its worker is lost are the rules of ``merging``; here they are
+applied.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from lilbee_workers.errors import WorkerCrashed
 from lilbee_workers.parent.attempt import Lost
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.merging import Budget, Next, after_loss, reply_bytes
+from lilbee_workers.parent.replicas import ReplicaSet
 from lilbee_workers.transport.frames import (
     BatchRequest,
     BatchResult,
@@ -191,6 +192,36 @@ def test_a_batch_never_outgrows_the_frame_cap(model: str, tmp_path: Path) -> Non
         assert any(isinstance(r, BatchRequest) for r in sent)  # still merged where it fits
         assert all(len(msgspec.msgpack.encode(r)) <= cap for r in sent)
         assert sum(len(r.parts) if isinstance(r, BatchRequest) else 1 for r in sent) == 8
+    finally:
+        role.close()
+        assert role.join(10)
+
+
+def test_a_lost_batch_is_handed_to_another_replica_part_by_part(model: str, tmp_path: Path) -> None:
+    """With replicas, the parts of a batch lost on one replica go to another, where
+    each runs alone: the poison one is named there, its batch-mates are answered."""
+    scripts = [Script(on_request={1: ["crash"]}), Script(on_request={1: ["crash"]})]
+    config = RoleConfig(model=model, replicas=2, restart_backoff_s=0.01, restart_backoff_max_s=0.02)
+    factories = [script.factory for script in scripts]
+    role = ReplicaSet("embed", config, tmp_path, 1 << 20, new_worker=lambda i: factories[i])
+    role.start()
+    try:
+        assert role.wait_started(10)
+        first = role.replicas[0]
+        assert first.queue.hold_if_idle()  # queue the calls on replica 0, then let them run
+        calls = [first.submit(EmbedRequest(id=i, texts=[f"text {i}"])) for i in (1, 2, 3)]
+        first.queue.release()
+        results: list[Any] = []
+        for call in calls:
+            try:
+                results.append(call.next_frame(10))
+            except WorkerCrashed as exc:
+                results.append(exc)
+        assert isinstance(scripts[0].workers[0].requests[0], BatchRequest)  # merged there
+        assert isinstance(results[0], WorkerCrashed) and "2 times" in results[0].message
+        assert [r.id for r in results[1:]] == [2, 3]
+        alone = [r for w in scripts[1].workers for r in w.requests]
+        assert [type(r).__name__ for r in alone] == ["EmbedRequest"] * 3
     finally:
         role.close()
         assert role.join(10)
