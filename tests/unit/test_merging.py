@@ -5,6 +5,7 @@ each caller's call retried alone; a batch never outgrows max_frame_bytes either 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from fake_worker import Script
 
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import WorkerCrashed
+from lilbee_workers.errors import Cancelled, WorkerCrashed
 from lilbee_workers.parent.attempt import Lost
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.merging import Budget, Next, after_loss, reply_bytes
@@ -222,6 +223,31 @@ def test_a_lost_batch_is_handed_to_another_replica_part_by_part(model: str, tmp_
         assert [r.id for r in results[1:]] == [2, 3]
         alone = [r for w in scripts[1].workers for r in w.requests]
         assert [type(r).__name__ for r in alone] == ["EmbedRequest"] * 3
+    finally:
+        role.close()
+        assert role.join(10)
+
+
+def test_a_caller_who_left_a_lost_batch_is_not_retried(model: str, tmp_path: Path) -> None:
+    script = Script(on_request={1: ["hang"]})
+    gate = threading.Event()
+    script.hold_start[1] = gate
+    role_config = RoleConfig(model=model, kill_after_s=0.5, restart_backoff_s=0.01)
+    role = RoleDispatcher("embed", role_config, tmp_path, 1 << 20, new_worker=script.factory)
+    role.start()
+    try:
+        calls = [role.submit(EmbedRequest(id=i, texts=[f"text {i}"])) for i in (1, 2, 3)]
+        gate.set()
+        deadline = time.monotonic() + 10
+        while not (script.workers and script.workers[0].requests):
+            assert time.monotonic() < deadline, "the batch never reached the worker"
+            time.sleep(0.01)
+        calls[1].cancel()  # caller 2 leaves while the merged batch hangs
+        assert [calls[0].next_frame(10).id, calls[2].next_frame(10).id] == [1, 3]
+        with pytest.raises(Cancelled):
+            calls[1].next_frame(10)
+        alone = [r.texts for w in script.workers[1:] for r in w.requests]
+        assert alone == [["text 1"], ["text 3"]]  # each alone; the one who left, never
     finally:
         role.close()
         assert role.join(10)
