@@ -72,7 +72,7 @@ class RoleDispatcher:
         self._hand_over = hand_over
         self.log_path = role_log_path(log_dir, role, replica)
         self.stats = RoleStats()
-        self.quarantine = quarantine or Quarantine(role)  # the role's, shared by replicas
+        self.quarantine = Quarantine(role) if quarantine is None else quarantine
         self.started = threading.Event()
         self.queue = RoleQueue(role, config.queue_size)
         factory = new_worker or process_factory(role, self.log_path, max_frame_bytes, log_max_bytes)

@@ -104,6 +104,8 @@ class Quarantine:
         with self._lock:
             self._until.clear()
 
-    def __len__(self) -> int:
+    def held(self) -> int:
+        """Requests quarantined now (some perhaps expired, dropped when next seen).
+        (Not ``__len__``: an empty quarantine must not be falsy.)"""
         with self._lock:
             return len(self._until)

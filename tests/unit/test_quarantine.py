@@ -3,12 +3,19 @@ it again, how long, and what clears it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from fake_worker import Script
+
+from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import WorkerCrashed, WorkerTimeout
 from lilbee_workers.http.metrics import render
 from lilbee_workers.parent.batch import MergedCall
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.policy import crashed_error
 from lilbee_workers.parent.quarantine import MAX_ENTRIES, Quarantine, fingerprint
+from lilbee_workers.parent.replicas import ReplicaSet
 from lilbee_workers.transport.frames import DebugRequest, EmbedRequest
 from lilbee_workers.types import RoleStatus
 
@@ -50,7 +57,7 @@ def test_a_poison_request_is_refused_for_quarantine_s_whatever_its_id() -> None:
     assert "another 0s" in (refusal(quarantine, EmbedRequest(id=2, texts=["x"])) or "")
     clock.now += 1.0
     assert refusal(quarantine, EmbedRequest(id=3, texts=["x"])) is None  # served again
-    assert len(quarantine) == 0 and quarantine.refused == 2
+    assert quarantine.held() == 0 and quarantine.refused == 2
 
 
 def test_only_a_lone_call_that_crashed_every_attempt_is_quarantined() -> None:
@@ -63,7 +70,7 @@ def test_only_a_lone_call_that_crashed_every_attempt_is_quarantined() -> None:
     merged = MergedCall([Call("embed", request, None), Call("embed", request, None)])
     quarantine.remember(merged, default, POISON, 300)  # whose fault is not known
     quarantine.remember(Call("embed", request, None), default, POISON, 0)  # off
-    assert len(quarantine) == 0 and refusal(quarantine, request) is None
+    assert quarantine.held() == 0 and refusal(quarantine, request) is None
 
 
 def test_clear_forgets_and_the_table_is_bounded() -> None:
@@ -71,11 +78,11 @@ def test_clear_forgets_and_the_table_is_bounded() -> None:
     for index in range(MAX_ENTRIES + 10):
         request = EmbedRequest(id=1, texts=[str(index)])
         quarantine.remember(Call("embed", request, None), default, POISON, 300)
-    assert len(quarantine) == MAX_ENTRIES
+    assert quarantine.held() == MAX_ENTRIES
     assert refusal(quarantine, EmbedRequest(id=1, texts=["0"])) is None  # the oldest went
     assert refusal(quarantine, EmbedRequest(id=1, texts=[str(MAX_ENTRIES + 9)])) is not None
     quarantine.clear()
-    assert len(quarantine) == 0
+    assert quarantine.held() == 0
 
 
 def test_the_fingerprint_ignores_id_and_route_but_not_role_model_or_content() -> None:
@@ -89,3 +96,31 @@ def test_the_fingerprint_ignores_id_and_route_but_not_role_model_or_content() ->
 def test_status_and_metrics_count_the_refusals() -> None:
     text = render(lambda: [RoleStatus(role="chat", state="ready", quarantined=3)]).decode()
     assert 'lilbee_quarantined_total{role="chat"} 3.0' in text
+
+
+def test_replicas_share_one_quarantine_and_a_restart_clears_it(tmp_path: Path) -> None:
+    """A poison lost on one replica and again on the other is refused on both after;
+    the role counts the refusal once, and ``restart`` lets the request run again."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    scripts = [Script(on_request={1: ["crash"]}) for _ in range(2)]  # each first worker
+    config = RoleConfig(model=str(model), replicas=2, restart_backoff_s=0.01)
+    role = ReplicaSet("embed", config, tmp_path, 1 << 20, new_worker=lambda i: scripts[i].factory)
+    role.start()
+    try:
+        assert role.wait_started(10)
+        poison = EmbedRequest(id=7, texts=["poison"])
+        with pytest.raises(WorkerCrashed, match="2 times"):
+            role.submit(poison).next_frame(10)
+        sent = sum(len(w.requests) for script in scripts for w in script.workers)
+        for _ in range(4):  # whichever replica it is routed to
+            with pytest.raises(WorkerCrashed, match="quarantined"):
+                role.submit(EmbedRequest(id=8, texts=["poison"])).next_frame(10)
+        assert sum(len(w.requests) for script in scripts for w in script.workers) == sent
+        assert role.status().quarantined == 4
+        assert role.submit(EmbedRequest(id=9, texts=["fine"])).next_frame(10).id == 9
+        role.restart().wait(10)
+        assert role.submit(poison).next_frame(10).id == 7  # the fresh workers answer it
+    finally:
+        role.close()
+        assert role.join(10)
