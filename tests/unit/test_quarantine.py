@@ -10,6 +10,7 @@ from fake_worker import Script
 
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import WorkerCrashed, WorkerTimeout
+from lilbee_workers.http.errors import retry_headers, worker_error_body
 from lilbee_workers.http.metrics import render
 from lilbee_workers.parent.batch import MergedCall
 from lilbee_workers.parent.calls import Call
@@ -91,6 +92,19 @@ def test_the_fingerprint_ignores_id_and_route_but_not_role_model_or_content() ->
     assert a != fingerprint("embed", "m", DebugRequest(id=1, action="abort"))
     assert a != fingerprint("chat", "n", DebugRequest(id=1, action="abort"))
     assert a != fingerprint("chat", "m", DebugRequest(id=1, action="exit"))
+
+
+def test_over_http_a_refusal_is_the_poison_answer_a_client_does_not_retry() -> None:
+    quarantine = Quarantine("embed")
+    request = EmbedRequest(id=1, texts=["x"])
+    quarantine.remember(Call("embed", request, None), default, POISON, 300)
+    try:
+        quarantine.check(request, "small")
+    except WorkerCrashed as refused:
+        status, _ = worker_error_body(refused)
+        assert status == 502 and retry_headers(status, refused) == {"x-should-retry": "false"}
+    else:
+        raise AssertionError("not refused")
 
 
 def test_status_and_metrics_count_the_refusals() -> None:
