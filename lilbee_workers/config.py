@@ -76,11 +76,12 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     """Longest one call may run inside the worker: past it the worker is killed and
     restarted, and the call retried once. A last resort for a wedged llama.cpp, not the
     caller's timeout (that is each call's ``timeout=``, which cancels without a kill)."""
-    request_timeout_s: float | None = None
-    """Deprecated name of ``kill_after_s``; still read, with a warning."""
+    request_timeout_s: float | None = None  # deprecated name of kill_after_s; still read
     start_timeout_s: float = 120.0
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
+    stall_after_s: float | None = 30.0  # busy, no llama.cpp progress this long: hung (0: off)
+    quarantine_s: float = 300.0  # a poison request is refused at once this long (0: off)
     cancel_grace_s: float = 5.0
     queue_size: int = 64
     max_batch_items: int = 2048
@@ -152,6 +153,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             "restart_backoff_s": self.restart_backoff_s,
             "restart_backoff_max_s": self.restart_backoff_max_s,
             "failed_cooldown_s": self.failed_cooldown_s,
+            **{"stall_after_s": self.stall_after_s or 0.0, "quarantine_s": self.quarantine_s},
         }
         for key, seconds in durations.items():
             check_duration(f"{where}.{key}", seconds)

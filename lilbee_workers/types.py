@@ -81,6 +81,9 @@ class RoleStatus(msgspec.Struct):
     """Calls re-run on a fresh worker after their worker died or hung under them."""
     retried_ok: int = 0
     """Of those, the ones that then got their answer."""
+    quarantined: int = 0
+    """Sends refused at once because their request is quarantined (it killed its worker
+    on every attempt within ``quarantine_s``); one count for the whole role."""
     p50_ms: float | None = None
     p99_ms: float | None = None
     rss_bytes: int = 0

@@ -88,6 +88,17 @@ class ProgressReporter:
             pass
 
 
+def pong(seq: int, state: RequestState) -> Pong:
+    """The reply to ping ``seq``: what runs, how far its work has come, memory, served."""
+    return Pong(
+        seq=seq,
+        in_flight=state.in_flight,
+        rss_bytes=rss_bytes(),
+        served=state.served,
+        progress=state.progress(),
+    )
+
+
 def serve_health(
     health: PipeChannel[HealthCommand], state: RequestState, shutdown_grace_s: float
 ) -> None:
@@ -101,10 +112,7 @@ def serve_health(
         except ProtocolError:
             continue
         if isinstance(frame, Ping):
-            pong = Pong(
-                seq=frame.seq, in_flight=state.in_flight, rss_bytes=rss_bytes(), served=state.served
-            )
-            _send_or_exit(health, pong)
+            _send_or_exit(health, pong(frame.seq, state))
         elif isinstance(frame, Cancel):
             state.cancel_request(frame.id)
         elif isinstance(frame, Shutdown):

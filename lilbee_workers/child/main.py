@@ -100,7 +100,8 @@ def load_role(
         handler = create_handler(boot.role, config, boot.model_path, boot.log_path)
         with load_progress(progress):
             model = handler.load()
-        handler.watch_cancel(state.cancel)
+        handler.watch_cancel(state.cancel, state.step)
+        state.metered = handler.metered
         if boot.warm_up:
             handler.warm_up()
     except Exception as exc:
@@ -212,8 +213,12 @@ class Server:
             for line in range(request.count):
                 log.log(request.level, "debug log line %d of %d", line + 1, request.count)
             return NoopResult(id=request.id)
+        if request.action == "wedge":
+            self.state.arm_wedge()
+            return NoopResult(id=request.id)
         deadline = time.monotonic() + request.seconds
         while time.monotonic() < deadline:
+            self.state.step()  # a long call that works, as far as stall detection sees
             if request.action == "sleep" and self.state.cancel.is_set():
                 break
             if request.action == "sleep":

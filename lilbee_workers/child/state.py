@@ -1,9 +1,14 @@
-"""Which request the worker runs, and which requests are cancelled.
+"""Which request the worker runs, which requests are cancelled, and how far its work
+has come.
 
 The serving thread begins and ends requests; the heartbeat thread delivers cancels.
 Both go through one lock, and a cancel names the request it is for, so it can never
 hit another one: request ids only grow on a worker's data pipe, so a cancel for an id
 not begun yet is kept for it, and one for an id already finished is dropped.
+
+``steps`` counts work done (llama.cpp's abort callback, polled between graph nodes,
+calls ``step``); the heartbeat reports it, so the supervisor can tell a busy worker
+that computes from one whose Python still answers pings while its decode is wedged.
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ class RequestState:
         """Set while the request being served is cancelled (handlers poll it)."""
         self._last_begun = 0
         self._early: set[int] = set()
+        self.steps = 0
+        """Units of work done (graph nodes computed): grows while the worker progresses.
+        Written by the serving thread only (an int under the GIL), read by the heartbeat."""
+        self.metered = True
+        """Whether ``steps`` sees all of this worker's compute (False: a role whose work
+        partly runs where no callback reaches, so no stall can be told from a pause)."""
+        self._wedge: threading.Event | None = None
 
     def begin(self, request_id: int) -> None:
         """The serving thread starts ``request_id``: cancelled already if its cancel came first."""
@@ -58,3 +70,19 @@ class RequestState:
         with self._lock:
             if self.in_flight:
                 self.cancel.set()
+
+    def step(self) -> None:
+        """One more unit of work done (called between llama.cpp graph nodes)."""
+        self.steps += 1
+        if self._wedge is not None:
+            # Test fault (``DebugRequest(action="wedge")``): block here for good, inside
+            # the decode, on an event the heartbeat thread never needs (the GIL is free).
+            self._wedge.wait()
+
+    def progress(self) -> int | None:
+        """What the heartbeat reports: ``steps``, or None when they are not metered."""
+        return self.steps if self.metered else None
+
+    def arm_wedge(self) -> None:
+        """Fault injection for tests: the next ``step`` of any request never returns."""
+        self._wedge = threading.Event()

@@ -24,14 +24,14 @@ from collections.abc import Iterator
 
 import msgspec
 
-from lilbee_workers.child.heartbeat import ForwardingHandler, ProgressReporter, rss_bytes
+from lilbee_workers.child.heartbeat import ForwardingHandler, ProgressReporter, pong
 from lilbee_workers.child.main import Server, load_role
 from lilbee_workers.child.state import RequestState
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ProtocolError
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.error_frames import to_frame
-from lilbee_workers.transport.frames import Frame, Pong, Request, WorkerBoot
+from lilbee_workers.transport.frames import Frame, Request, WorkerBoot
 
 log = logging.getLogger("lilbee_workers.actor")
 _OUTBOX_FRAMES = 1000  # log and progress frames kept between two beats
@@ -141,11 +141,7 @@ class RoleActor:
         """The health frames since the last beat, then (``seq`` > 0) a ``Pong``."""
         frames = self.outbox.drain()
         if seq > 0:
-            state = self.state
-            pong = Pong(
-                seq=seq, in_flight=state.in_flight, rss_bytes=rss_bytes(), served=state.served
-            )
-            frames.append(codec.encode(pong))
+            frames.append(codec.encode(pong(seq, self.state)))
         return frames
 
     def cancel(self, request_id: int) -> None:

@@ -38,6 +38,8 @@ _SIMPLE: list[tuple[str, str, type[CounterMetricFamily | GaugeMetricFamily], str
     ("lilbee_worker_restarts", "Workers replaced after a crash or hang.", CounterMetricFamily,
      "restarts"),
     ("lilbee_retries", "Calls re-run on a fresh worker.", CounterMetricFamily, "retried"),
+    ("lilbee_quarantined", "Sends of a poison request refused without a worker.",
+     CounterMetricFamily, "quarantined"),
     ("lilbee_queue_depth", "Calls waiting.", GaugeMetricFamily, "queued"),
     ("lilbee_in_flight", "Calls running.", GaugeMetricFamily, "in_flight"),
     ("lilbee_worker_rss_bytes", "Resident memory of the worker.", GaugeMetricFamily,

@@ -30,6 +30,7 @@ from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.factory import process_factory
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
 from lilbee_workers.parent.lifecycle import RoleLifecycle
+from lilbee_workers.parent.quarantine import Quarantine
 from lilbee_workers.parent.queue import (
     Close,
     Control,
@@ -62,6 +63,7 @@ class RoleDispatcher:
         new_worker: WorkerFactory | None = None,
         replica: int = 0,
         hand_over: Callable[[list[Call], RoleDispatcher], bool] | None = None,
+        quarantine: Quarantine | None = None,
     ):
         """``new_worker`` makes the workers (default: real processes; unit tests pass a
         fake). ``replica``: which of the role's replicas this is; ``hand_over`` gives calls
@@ -72,6 +74,7 @@ class RoleDispatcher:
         self._max_frame = max_frame_bytes
         self.log_path = role_log_path(log_dir, role, replica)
         self.stats = RoleStats()
+        self.quarantine = Quarantine(role) if quarantine is None else quarantine
         self.started = threading.Event()
         self.queue = RoleQueue(role, config.queue_size)
         factory = new_worker or process_factory(role, self.log_path, max_frame_bytes, log_max_bytes)
@@ -103,7 +106,8 @@ class RoleDispatcher:
     def submit(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
         """Queue a call for the dispatcher thread. A full queue answers ``Overloaded`` at
         once, or after waiting up to ``block_s`` for room; a failed role answers
-        ``WorkerUnavailable``."""
+        ``WorkerUnavailable``; a quarantined poison request ``WorkerCrashed``."""
+        self.quarantine.check(request, self.life.wanted(request))
         call = Call(self.role, request, timeout)
         self.queue.enqueue(call, block_s, self._refusal)
         return call
@@ -113,6 +117,7 @@ class RoleDispatcher:
         timeout, the caller's thread does the pipe I/O itself; otherwise the call queues
         like ``submit`` (so a caller with a timeout gets ``WorkerTimeout`` at its own
         deadline, while the dispatcher thread winds the worker down). Returns the call."""
+        self.quarantine.check(request, self.life.wanted(request))
         call = Call(self.role, request, timeout)
         hold = timeout is None and self._needs_no_switch(call)
         if self.queue.enqueue(call, block_s, self._refusal, hold_if_idle=hold):
@@ -123,6 +128,7 @@ class RoleDispatcher:
         """Make ``model`` the default and load it once the call in flight is done; wait
         on the control's ``done``, then read its ``error``."""
         control = Load(model)
+        self.quarantine.clear()  # another default model: what was poison may not be
         self.queue.post(control)
         return control
 
@@ -142,6 +148,7 @@ class RoleDispatcher:
         """Graceful restart after the call in flight (optionally with a new config);
         clears a failed state. The event is set once the role is ready or failed."""
         control = Restart(config)
+        self.quarantine.clear()  # an operator's restart or a reload: a fresh start
         self.queue.post(control)
         return control.done
 
@@ -178,6 +185,7 @@ class RoleDispatcher:
             log_path=str(self.log_path),
             **lifecycle_fields(self.life),
             **self.stats.counts(),
+            quarantined=self.quarantine.refused,
         )
 
     def shutting_down_error(self) -> WorkerUnavailable:
@@ -304,6 +312,7 @@ class RoleDispatcher:
 
     def _give_up(self, call: Attempted, error: WorkerError) -> None:
         self.stats.failed()
+        self.quarantine.remember(call, self.life.wanted, error, self.config.quarantine_s)
         call.fail(error)
 
     # ------------------------------------------------------------------ workers

@@ -1,6 +1,7 @@
 """The heartbeat watchdog: ping a worker's heartbeat thread on schedule, relay its log
-records and model load progress, and report a missed deadline (a stopped or wedged
-process) through a callback.
+records and model load progress, and report a hang through a callback: a missed
+deadline (a stopped or GIL-wedged process), or a busy worker whose work has not
+moved for ``stall_after_s`` (a decode wedged in C while Python answers pings).
 
 It knows nothing of processes: the owner passes the health channel, the death
 sentinel, and what to do on a hang (``process.WorkerProcess`` kills).
@@ -40,6 +41,32 @@ def standard_level(level: int) -> int:
     return max((known for known in _STANDARD_LEVELS if known <= level), default=logging.DEBUG)
 
 
+class StallWatch:
+    """Tells a busy worker that computes from one that only answers pings.
+
+    Each ``Pong`` carries the request in flight and the worker's work count (graph
+    nodes computed). The same request at the same count for ``after_s`` is a stall.
+    Idle, unmetered (count None) or a new request: the clock starts again."""
+
+    def __init__(self, after_s: float | None) -> None:
+        self.after_s = after_s or None  # 0 or None: off
+        self._seen: tuple[int, int] | None = None
+        self._since = 0.0
+
+    def observe(self, pong: Pong, now: float) -> str | None:
+        """The hang reason once the work has stood still too long, else None."""
+        if self.after_s is None or not pong.in_flight or pong.progress is None:
+            self._seen = None
+            return None
+        seen = (pong.in_flight, pong.progress)
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+            return None
+        if now - self._since < self.after_s:
+            return None
+        return f"stalled: busy with no progress for {self.after_s:g}s (stall_after_s)"
+
+
 class HealthMonitor:
     """Watches one worker over its health pipe until its sentinel fires."""
 
@@ -67,6 +94,7 @@ class HealthMonitor:
         self.on_hang = on_hang
         self.on_progress = on_progress
         self.last_pong: Pong | None = None
+        self.stall = StallWatch(config.stall_after_s)
         self.load_progress: float | None = None
         self.shutdown_acked = threading.Event()
 
@@ -96,6 +124,10 @@ class HealthMonitor:
                         awaiting_since = None
                         next_ping = now + self.interval
                     self.last_pong = frame
+                    stalled = self.stall.observe(frame, now)
+                    if stalled is not None and not self.stopping():
+                        self.on_hang(stalled)  # killed: no more pings, as for a missed one
+                        awaiting_since, next_ping = None, float("inf")
                 elif isinstance(frame, LogRecord):
                     self.relay(frame)
                 elif isinstance(frame, LoadProgress):

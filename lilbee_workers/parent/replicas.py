@@ -26,6 +26,7 @@ from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
+from lilbee_workers.parent.quarantine import Quarantine
 from lilbee_workers.parent.queue import Close, Recover
 from lilbee_workers.parent.stats import percentile
 from lilbee_workers.transport.frames import Request
@@ -68,6 +69,7 @@ class ReplicaSet:
         self._retired: list[RoleDispatcher] = []  # closed by a reload; joined at the end
         self._closed = False
         self._turn = itertools.count()
+        self.quarantine = Quarantine(role)  # one for the role: a poison is poison on any replica
         self._replicas = [self._make(i, config) for i in range(config.replicas)]
 
     def _make(self, replica: int, config: RoleConfig) -> RoleDispatcher:
@@ -81,6 +83,7 @@ class ReplicaSet:
             new_worker=factory,
             replica=replica,
             hand_over=self._hand_over,
+            quarantine=self.quarantine,
         )
 
     @property
@@ -349,6 +352,7 @@ def merge(role: str, each: list[RoleStatus], latencies: list[list[float]]) -> Ro
     merged.p50_ms, merged.p99_ms = percentile(pooled, 0.50), percentile(pooled, 0.99)
     buckets = zip(*(status.latency_buckets for status in each), strict=True)
     merged.latency_buckets = [sum(counts) for counts in buckets]
+    merged.quarantined = lead.quarantined  # the role's one quarantine, not one per replica
     merged.batch_sizes = dict(sum((Counter(s.batch_sizes) for s in each), Counter()))
     merged.batch_tokens = dict(sum((Counter(s.batch_tokens) for s in each), Counter()))
     loading = [fraction for s in each if (fraction := s.loading) is not None]

@@ -47,6 +47,9 @@ class RoleHandler(ABC):
 
     role: ClassVar[str]
     accepts: ClassVar[tuple[type[Frame], ...]]
+    metered: ClassVar[bool] = True
+    """Whether llama.cpp's abort callback sees all of a call's compute (stall detection
+    is off for a role where it does not)."""
 
     def __init__(self, config: RoleConfig, model_path: str, log_path: str) -> None:
         self.config = config
@@ -71,8 +74,11 @@ class RoleHandler(ABC):
         llm = getattr(self, "llm", None)
         return [llm] if llm is not None else []
 
-    def watch_cancel(self, cancel: threading.Event) -> None:
-        """After ``load``: stop llama.cpp mid-computation once ``cancel`` is set, and
+    def watch_cancel(
+        self, cancel: threading.Event, step: Callable[[], None] = lambda: None
+    ) -> None:
+        """After ``load``: stop llama.cpp mid-computation once ``cancel`` is set, count
+        each graph node computed (``step``: the progress the heartbeat reports), and
         keep per-call log lines out of the role's log.
 
         llama.cpp's abort callback is polled between graph nodes, so a cancelled
@@ -83,6 +89,7 @@ class RoleHandler(ABC):
         from llama_cpp import _logger
 
         def should_abort(_data: Any) -> bool:
+            step()
             return cancel.is_set()
 
         # ctypes keeps no reference of its own: the callback must live as long as the model.

@@ -78,6 +78,7 @@ def check_image(data: bytes, max_bytes: int, max_pixels: int) -> str:
 class VisionHandler(RoleHandler):
     role = "vision"
     accepts = (VisionRequest,)
+    metered = False  # mtmd's image encoder polls no abort callback: no stall detection
     llm: Llama
 
     def load(self) -> LoadedModel:

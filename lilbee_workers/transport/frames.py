@@ -98,7 +98,7 @@ class NoopRequest(Frame, tag="noop"):
     role: str = ""  # which role's worker, when sent to the daemon
 
 
-DebugAction = Literal["sleep", "abort", "exit", "exit0", "spin", "log"]
+DebugAction = Literal["sleep", "abort", "exit", "exit0", "spin", "log", "wedge"]
 
 
 class DebugRequest(Frame, tag="debug"):
@@ -113,6 +113,8 @@ class DebugRequest(Frame, tag="debug"):
     below_generation: int = 0
     level: int = 20  # "log": the Python log level of the lines written
     count: int = 1  # "log": how many lines
+    # "wedge" answers at once, and arms the worker so that its next request blocks for
+    # good inside llama.cpp's abort callback (a decode wedged in C, pings still answered).
 
 
 # --------------------------------------------------------------------------- boot
@@ -248,6 +250,9 @@ class Pong(Frame, tag="pong"):
     in_flight: int = 0
     rss_bytes: int = 0
     served: int = 0
+    # Work units done so far (graph nodes computed); a busy worker whose count stands
+    # still for ``stall_after_s`` is hung. None: this worker's work is not metered.
+    progress: int | None = None
 
 
 class Cancel(Frame, tag="cancel"):

@@ -1,6 +1,7 @@
 """The HTTP face's calls over their lifetime, against a real daemon with real workers:
 a client that leaves cancels its call (queued or waiting for its first chunk), a poison
-request is not retried by the openai client, and SIGHUP takes a rotated API key."""
+request is not retried by the openai client (and is quarantined when sent again), and
+SIGHUP takes a rotated API key."""
 
 from __future__ import annotations
 
@@ -97,18 +98,17 @@ def test_a_poison_request_is_sent_once_by_the_openai_client(busy: HttpDaemon) ->
     stopped = before.pid
     assert stopped is not None and before.state == "ready"
     outcome: list[object] = []
+    body: dict[str, Any] = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Write a long story about bees."}],
+        "max_tokens": 400,
+        "temperature": 0.0,
+    }
 
     def call() -> None:
         client = busy.openai(max_retries=2, timeout=120)
         try:
-            outcome.append(
-                client.chat.completions.create(
-                    model="chat",
-                    messages=[{"role": "user", "content": "Write a long story about bees."}],
-                    max_tokens=400,
-                    temperature=0.0,
-                )
-            )
+            outcome.append(client.chat.completions.create(**body))
         except openai.APIError as exc:
             outcome.append(exc)
 
@@ -135,6 +135,16 @@ def test_a_poison_request_is_sent_once_by_the_openai_client(busy: HttpDaemon) ->
     assert after.restarts == before.restarts + 2
     # One call reached the role, and failed: the client did not send the request again.
     assert (after.served, after.errors) == (before.served, before.errors + 1)
+    # Sent again (as curl in a loop would), it is quarantined: refused at once, the same
+    # 502, and no worker is lost to it.
+    with pytest.raises(openai.InternalServerError) as again:
+        busy.openai(max_retries=2, timeout=30).chat.completions.create(**body)
+    assert again.value.response.headers["x-should-retry"] == "false"
+    assert "quarantined" in str(again.value)
+    refused = busy.status("chat")
+    assert (refused.pid, refused.restarts, refused.quarantined) == (after.pid, after.restarts, 1)
+    metrics = httpx.get(busy.url + "/metrics", timeout=30).text
+    assert 'lilbee_quarantined_total{role="chat"} 1.0' in metrics
 
 
 def test_sighup_takes_a_rotated_key_and_a_new_body_cap(tmp_path: Path, model_path: str) -> None:

@@ -86,6 +86,11 @@ def test_garbage_and_a_wrong_request_are_typed_errors_and_the_actor_serves_on(
 def test_beat_reports_the_load_and_answers_pings(embed_actor: RoleActor) -> None:
     frames = [codec.FROM_HEARTBEAT.decode(data) for data in embed_actor.beat(7)]
     assert isinstance(frames[-1], Pong) and frames[-1].seq == 7 and frames[-1].rss_bytes > 0
+    before = frames[-1].progress  # graph nodes computed: what stall detection watches
+    embed_actor.call_once(codec.encode(EmbedRequest(id=11, texts=["progress"])))
+    [pong] = [codec.FROM_HEARTBEAT.decode(data) for data in embed_actor.beat(8)]
+    assert isinstance(pong, Pong) and before is not None and pong.progress is not None
+    assert pong.progress > before
     fresh = RoleActor(codec.encode(embed_actor.boot))
     assert fresh.beat(0) == []  # nothing loaded, nothing to say, no pong asked for
     fresh.close()

@@ -81,7 +81,7 @@ def test_a_crash_under_a_call_is_retried_once_on_a_fresh_worker(start_role) -> N
 
 def test_a_second_loss_is_a_typed_error_naming_the_log(start_role) -> None:
     script = Script(on_request={1: ["crash"], 2: ["crash"]})
-    role = start_role(script)
+    role = start_role(script, quarantine_s=0)  # EMBED is sent again below
     with pytest.raises(WorkerCrashed) as caught:
         role.submit(EMBED).next_frame(5)
     assert "2 times" in caught.value.message and caught.value.log_path.endswith("embed.log")
@@ -125,7 +125,7 @@ def test_an_error_answer_is_passed_on_not_retried(start_role) -> None:
 
 def test_workers_that_keep_dying_fail_the_role_and_calls_are_refused(start_role) -> None:
     script = Script(on_request={g: ["crash"] for g in range(1, 10)})
-    role = start_role(script, max_restarts=2, failed_cooldown_s=60)
+    role = start_role(script, max_restarts=2, failed_cooldown_s=60, quarantine_s=0)
     with pytest.raises(WorkerCrashed):
         role.submit(EMBED).next_frame(5)  # two workers lost under it
     with pytest.raises(WorkerUnavailable, match="crashed 3 times within 60s"):
