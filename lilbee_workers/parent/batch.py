@@ -170,13 +170,14 @@ def account(stats: RoleStats, call: Attempted, outcome: Answered) -> None:
 def answer_lost(
     parts: list[Call],
     steps: list[merging.Next],
-    stats: RoleStats,
+    fail: Callable[[Call, WorkerError], None],
     crashed: Callable[..., WorkerError],
     shutting_down: WorkerError,
     log_path: str,
 ) -> list[Call]:
     """Answer the callers' calls of a lost attempt that end here, as ``merging`` decided
-    (each on its own); return the ones to retry alone. ``crashed(attempts,
+    (each on its own); return the ones to retry alone. ``fail(call, error)`` gives a
+    call up (the dispatcher's: it counts, and quarantines a poison). ``crashed(attempts,
     chunks_delivered=, log_path=)``: the error of a call whose attempts are spent."""
     retry = []
 
@@ -190,6 +191,5 @@ def answer_lost(
         elif step is merging.Next.CANCELLED:
             part.fail(part.cancelled_error())
         elif step is not merging.Next.ANSWERED:
-            stats.failed()
-            part.fail(shutting_down if step is merging.Next.SHUT_DOWN else give_up(part))
+            fail(part, shutting_down if step is merging.Next.SHUT_DOWN else give_up(part))
     return retry

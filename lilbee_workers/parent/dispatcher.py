@@ -285,7 +285,7 @@ class RoleDispatcher:
             steps = merging.after_loss(outcome, parts, self.queue.closing)
             crashed = partial(policy.crashed_error, self.role, reason=reason, log_tail=tail)
             retry = batch.answer_lost(
-                parts, steps, self.stats, crashed, self.shutting_down_error(), str(self.log_path)
+                parts, steps, self._give_up, crashed, self.shutting_down_error(), str(self.log_path)
             )
             if not retry:
                 if not self.queue.closing:
