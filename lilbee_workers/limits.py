@@ -61,8 +61,8 @@ def check_content(request: Request) -> None:
     elif isinstance(request, CompleteRequest) and not request.prompt:
         raise InvalidRequest("prompt must not be empty", param="prompt")
     elif isinstance(request, ChatRequest) and not any(m.content for m in request.messages):
-        raise InvalidRequest("messages must hold some text (every content is empty)",
-                             param="messages")  # fmt: skip
+        what = "every content is empty" if request.messages else "there are none"
+        raise InvalidRequest(f"messages must not be empty ({what})", param="messages")
     elif isinstance(request, RerankRequest):
         if not request.query:
             raise InvalidRequest("query must not be empty", param="query")
