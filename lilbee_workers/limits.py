@@ -67,6 +67,9 @@ def check_content(request: Request) -> None:
         if not request.query:
             raise InvalidRequest("query must not be empty", param="query")
         _no_empty(request.documents, "documents", "document")
+        if request.top_n is not None and not 0 < request.top_n < MAX_TOKENS_LIMIT:
+            raise InvalidRequest(f"top_n must be > 0 and below 2**31, got {request.top_n}",
+                                 param="top_n")  # fmt: skip
     if isinstance(request, (ChatRequest, CompleteRequest)) and "" in request.stop:
         raise InvalidRequest("stop must not hold an empty string (it would match at once)",
                              param="stop")  # fmt: skip
@@ -83,7 +86,7 @@ def _no_empty(texts: list[str], param: str, what: str) -> None:
 def _check_generation(max_tokens: int | None, seed: int | None) -> None:
     if max_tokens is not None and not 0 < max_tokens < MAX_TOKENS_LIMIT:
         raise InvalidRequest(
-            f"max_tokens must be in [1, 2**31), got {max_tokens}", param="max_tokens"
+            f"max_tokens must be > 0 and below 2**31, got {max_tokens}", param="max_tokens"
         )
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         raise InvalidRequest(f"seed must be in [0, 2**32), got {seed}", param="seed")

@@ -35,6 +35,8 @@ REFUSED: list[tuple[Request, str]] = [
     (ChatRequest(id=0, messages=[]), "messages"),
     (RerankRequest(id=0, query="", documents=["a"]), "query"),
     (RerankRequest(id=0, query="q", documents=["a", ""]), "documents"),
+    (RerankRequest(id=0, query="q", documents=["a"], top_n=0), "top_n"),
+    (RerankRequest(id=0, query="q", documents=["a"], top_n=2**64 + 1), "top_n"),
     (CompleteRequest(id=0, prompt="x", stop=[""]), "stop"),
     (ChatRequest(id=0, messages=USER, stop=["\n", ""]), "stop"),
     (ChatRequest(id=0, messages=USER, max_tokens=0), "max_tokens"),
