@@ -14,6 +14,10 @@ import msgspec
 
 from lilbee_workers.config import ModelEntry, RoleConfig
 
+DEFAULT_WORD = "default"
+"""What a config writes for the bundled model (``model = "default"``); a request may use
+it too, for the role's default model (unless a model of the role has that name)."""
+
 
 def name_of_path(path: str) -> str:
     """A model file's name: its base name without ``.gguf``."""
@@ -28,7 +32,7 @@ def entries(config: RoleConfig) -> dict[str, ModelEntry]:
         return {config.model: named[config.model], **named}
     if config.model:
         path = config.model
-        if path == "default":
+        if path == DEFAULT_WORD:
             from lilbee_workers.models import default_model_path
 
             path = default_model_path()

@@ -97,7 +97,11 @@ def serve(
         # JSON logs are for machines: no progress lines among them.
         progress = None if log_format == "json" else view_for(sys.stderr, ends=True)
         code = Daemon(
-            settings, config_path=config, socket_path=socket_path, progress=progress
+            settings,
+            config_path=config,
+            socket_path=socket_path,
+            progress=progress,
+            http_listen=http,
         ).run()
     except ConfigError as exc:
         say_error(f"invalid config: {exc}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+import msgspec
 import structlog
 
 from lilbee_workers.config import SupervisorConfig, load_config
@@ -45,8 +46,14 @@ class Daemon:
         config_path: Path | None = None,
         socket_path: Path | None = None,
         progress: LoadView | None = None,
+        http_listen: str | None = None,
     ) -> None:
-        """``progress``: where to show the roles' first loads (``serve`` on a terminal)."""
+        """``progress``: where to show the roles' first loads (``serve`` on a terminal).
+        ``http_listen``: the ``--http`` flag, which wins over the file's ``http_listen``
+        at start and on every reload (so a reload compares the file with what serves)."""
+        if http_listen is not None:
+            config = msgspec.structs.replace(config, http_listen=http_listen).validate()
+        self.http_listen_flag = http_listen
         self.config = config
         self.progress = progress
         self.config_path = config_path
@@ -192,6 +199,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
+            if self.http_listen_flag is not None:  # the flag still wins over the file
+                new = msgspec.structs.replace(new, http_listen=self.http_listen_flag)
             apply_http = self.http.reload(new) if self.http is not None else None
             changed = self.supervisor.reload(new)
         except (ConfigError, InvalidRequest) as exc:
@@ -220,7 +229,7 @@ class Daemon:
         log.info("daemon stopping: draining calls in flight")
         deadline = time.monotonic() + self.config.drain_timeout_s
         if self.http is not None:
-            self.http.stop(timeout=max(1.0, deadline - time.monotonic()))
+            self.http.stop(deadline, self.config.drain_timeout_s)
         if self.server is not None:
             self.server.drain(deadline)
         self.supervisor.close(timeout=max(1.0, deadline - time.monotonic()))

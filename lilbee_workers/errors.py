@@ -33,12 +33,16 @@ class WorkerError(Exception):
         role: str = "",
         log_path: str = "",
         log_tail: str = "",
+        param: str = "",
     ) -> None:
+        """``param``: the request field at fault, when one is (an ``InvalidRequest``'s
+        ``max_tokens``, ``texts``...), so a face can name it (HTTP's ``param``)."""
         super().__init__(message)
         self.message = message
         self.role = role
         self.log_path = log_path
         self.log_tail = log_tail
+        self.param = param
 
     def __str__(self) -> str:
         text = self.message

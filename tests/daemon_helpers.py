@@ -38,9 +38,14 @@ class DaemonProcess:
     """`lilbee-workers serve` in a subprocess on a private socket."""
 
     def __init__(
-        self, config: Path, env: dict[str, str] | None = None, open_files: int | None = None
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        open_files: int | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
-        """``open_files``: run the daemon under ``ulimit -n open_files``."""
+        """``open_files``: run the daemon under ``ulimit -n open_files``; ``args``: more
+        ``serve`` options (``--http HOST:PORT``)."""
         # A short, world-traversable directory: AF_UNIX paths are limited to 108 bytes,
         # and the foreign-uid test connects from another user.
         self.dir = Path(tempfile.mkdtemp(prefix="lbw-"))
@@ -61,6 +66,7 @@ class DaemonProcess:
                 str(config),
                 "--socket",
                 str(self.socket),
+                *args,
             ],
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,

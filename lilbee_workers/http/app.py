@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from lilbee_workers import catalog
 from lilbee_workers.aio import AsyncChatStream, AsyncWorkerAPI
 from lilbee_workers.api import WorkerAPI, vectors_of
 from lilbee_workers.errors import ProtocolError, WorkerError
@@ -31,7 +32,7 @@ from lilbee_workers.http.schemas import (
     EmbeddingsBody,
     RerankBody,
 )
-from lilbee_workers.http.waiting import final_frame, unless_gone
+from lilbee_workers.http.waiting import Drain, final_frame, unless_gone
 from lilbee_workers.transport.frames import EmbedRequest, EmbedResult, RerankRequest, RerankResult
 from lilbee_workers.types import RoleState
 
@@ -55,6 +56,7 @@ class HttpFace:
         self.api = api
         self.aio = AsyncWorkerAPI(api)
         self.max_body_bytes = max_body_bytes
+        self.drain = Drain()
         self.guard = Guard(self._routes(), listen_host, api_key)
 
     def configure(self, max_body_bytes: int, api_key: str | None) -> None:
@@ -82,10 +84,13 @@ class HttpFace:
 
     async def embeddings(self, request: Request) -> Response:
         body = await self._body(request, EmbeddingsBody)
+        request.state.param_names = {"texts": "input"}
         model, wanted = self._model("embed", body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:  # OpenAI's answer too; the Python API gives an empty array
+            raise HttpError(400, "input must not be an empty list", "invalid_request", "input")
         embed = EmbedRequest(id=0, texts=texts, model=wanted)
-        frame = await final_frame(self.api, request, "embed", embed)
+        frame = await final_frame(self.api, request, "embed", embed, self.drain)
         if not isinstance(frame, EmbedResult):
             raise ProtocolError(f"expected embeddings, got {type(frame).__name__}")
         vectors = vectors_of(frame)
@@ -99,7 +104,12 @@ class HttpFace:
     async def chat_completions(self, request: Request) -> Response:
         body = await self._body(request, ChatCompletionBody)
         shapes.refuse_unsupported(body)
-        max_tokens = body.max_completion_tokens or body.max_tokens
+        # max_completion_tokens (OpenAI's newer name) wins; 0 is a value, not "unset".
+        max_tokens = body.max_tokens
+        request.state.param_names = {"image": "messages"}
+        if body.max_completion_tokens is not None:
+            max_tokens = body.max_completion_tokens
+            request.state.param_names["max_tokens"] = "max_completion_tokens"
         temperature = _DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
         image = shapes.image_of(body.messages)
         if image is not None:
@@ -153,7 +163,7 @@ class HttpFace:
             return_documents=body.return_documents,
             model=wanted,
         )
-        frame = await final_frame(self.api, request, "rerank", rerank)
+        frame = await final_frame(self.api, request, "rerank", rerank, self.drain)
         if not isinstance(frame, RerankResult):
             raise ProtocolError(f"expected a rerank result, got {type(frame).__name__}")
         results: list[dict[str, Any]] = []
@@ -218,11 +228,12 @@ class HttpFace:
                     "messages",
                 )
             raise HttpError(404, f"no {role} role is configured", "model_not_found", "model")
-        if requested in (None, "", role, *aliases):
+        if requested is not None and requested in status.models:
+            return requested, requested
+        # The role, an alias, or the config's own word for the default model.
+        if requested in (None, "", role, catalog.DEFAULT_WORD, *aliases):
             default = status.models[0] if status.models else metrics.model_name(status.model)
             return default, None
-        if requested in status.models:
-            return requested, requested
         raise HttpError(
             404,
             f"model {requested!r} is not served here for {role} (it serves "
@@ -244,14 +255,16 @@ class HttpFace:
         before the answer or the first chunk cancels the call."""
         if not body.stream:
             try:
-                result = await unless_gone(request, stream.collect(), stream.aclose)
+                result = await unless_gone(request, stream.collect(), stream.aclose, self.drain)
             finally:
                 await stream.aclose()
             return _json(shapes.completion(result.text, result.finish_reason, model, chat, result))
         # The first chunk is read before the headers go out, so an error the worker
         # answers at once (a prompt over the context) gets its real status code.
         try:
-            first: str | None = await unless_gone(request, stream.__anext__(), stream.aclose)
+            first: str | None = await unless_gone(
+                request, stream.__anext__(), stream.aclose, self.drain
+            )
         except StopAsyncIteration:
             first = None
         except BaseException:
@@ -259,7 +272,7 @@ class HttpFace:
             raise
         usage = body.stream_options is not None and bool(body.stream_options.include_usage)
         return StreamingResponse(
-            shapes.events(stream, first, model, chat, usage),
+            shapes.events(stream, first, model, chat, usage, self.drain),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -275,7 +288,7 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 
 async def _worker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WorkerError)
-    status, body = worker_error_body(exc)
+    status, body = worker_error_body(exc, getattr(request.state, "param_names", None))
     return _json(body, status, retry_headers(status, exc))
 
 

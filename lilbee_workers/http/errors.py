@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lilbee_workers.errors import (
@@ -58,13 +59,26 @@ def error_body(message: str, kind: str, code: str | None, param: str | None = No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def worker_error_body(error: WorkerError) -> tuple[int, Any]:
-    """(status, body) for a ``WorkerError``; the body names the worker's log if it has one."""
+_TRUNCATE_HINT = re.compile(r" \(truncate=True, or \w+ --truncate, cuts it\)")
+"""The Python and CLI hint in an over-long text's message: no HTTP client can use it."""
+
+
+def worker_error_body(
+    error: WorkerError, param_names: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """(status, body) for a ``WorkerError``; the body names the worker's log if it has
+    one, and the parameter at fault under its name in this endpoint's body
+    (``param_names``: the request frame's field -> the body's, e.g. texts -> input)."""
     status, kind = status_of(error)
-    message = error.message
+    message = _TRUNCATE_HINT.sub("; shorten it (this API does not truncate)", error.message)
+    param = None
+    if error.param:
+        param = (param_names or {}).get(error.param, error.param)
+        if param != error.param and message.startswith(error.param + " "):
+            message = param + message[len(error.param) :]
     if error.log_path:
         message += f" (worker log: {error.log_path})"
-    return status, error_body(message, kind, error.kind)
+    return status, error_body(message, kind, error.kind, param)
 
 
 def retry_headers(status: int, error: WorkerError | None = None) -> dict[str, str]:

@@ -10,8 +10,10 @@ holds one thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +30,9 @@ from lilbee_workers.listen import is_loopback, parse_listen
 log = structlog.get_logger("lilbee_workers.http")
 
 MAX_HTTP_CONNECTIONS = 256
+_CUT_GRACE_S = 3.0
+"""After the drain deadline, how long cut calls get to write their error and close
+before uvicorn cancels whatever is left."""
 
 
 class HttpServer:
@@ -46,9 +51,12 @@ class HttpServer:
                 log_level="warning",
                 access_log=False,
                 limit_concurrency=MAX_HTTP_CONNECTIONS,
+                # A backstop only: ``stop`` sets it past the drain deadline, at which
+                # the face itself cuts what still runs (with an error, between events).
                 timeout_graceful_shutdown=5,
             )
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._socket: socket.socket | None = None
         self.authenticated = api_key is not None
@@ -104,6 +112,7 @@ class HttpServer:
     def _run(self) -> None:
         async def serve() -> None:
             loop = asyncio.get_running_loop()
+            self._loop = loop
             loop.set_default_executor(
                 ThreadPoolExecutor(MAX_HTTP_CONNECTIONS, thread_name_prefix="http-wait")
             )
@@ -118,10 +127,16 @@ class HttpServer:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, deadline: float, drain_timeout_s: float) -> None:
+        """Stop accepting; let calls in flight finish until ``deadline`` (monotonic), as
+        socket calls do; then the face cuts the rest: a 503, or mid-stream an error event."""
+        remaining = max(0.0, deadline - time.monotonic())
+        if self._loop is not None and self._thread.is_alive():
+            self.face.drain.start(self._loop, deadline, drain_timeout_s)
+        self._uvicorn.config.timeout_graceful_shutdown = math.ceil(remaining + _CUT_GRACE_S)
         self._uvicorn.should_exit = True
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(remaining + 2 * _CUT_GRACE_S)
         if self._socket is not None:
             self._socket.close()
 

@@ -25,15 +25,21 @@ from lilbee_workers.http.schemas import (
     Message,
     TextPart,
 )
+from lilbee_workers.http.waiting import Drain, next_chunk
 
 
 async def events(
-    stream: AsyncChatStream, first: str | None, model: str, chat: bool, usage: bool = False
+    stream: AsyncChatStream,
+    first: str | None,
+    model: str,
+    chat: bool,
+    usage: bool = False,
+    drain: Drain | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events: chunks, a last one with the finish reason, with ``usage`` a
     chunk with no choices and the token counts (OpenAI's ``include_usage``), then
-    ``[DONE]``; an error after the first chunk is an ``error`` event (the status was
-    already sent)."""
+    ``[DONE]``; an error after the first chunk, or the daemon's drain deadline passing,
+    is an ``error`` event (the status was already sent), always between events."""
     response_id, created = ident(chat), int(time.time())
 
     def event(choices: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
@@ -57,7 +63,7 @@ async def events(
             yield event([choice("", None, opening=True)])
         if first is not None:
             yield event([choice(first, None)])
-            async for text in stream:
+            while (text := await next_chunk(stream, drain)) is not None:
                 yield event([choice(text, None)])
         result = stream.result
         yield event([choice(None, result.finish_reason if result is not None else "stop")])

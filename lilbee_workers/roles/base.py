@@ -186,13 +186,15 @@ def decode_aborted(exc: BaseException, cancel: threading.Event) -> bool:
 def check_sampling(max_tokens: int | None, temperature: float, top_p: float | None = None) -> None:
     """Refuse sampling parameters llama.cpp would misread."""
     if max_tokens is not None and max_tokens <= 0:
-        raise InvalidRequest(f"max_tokens must be > 0, got {max_tokens}")
+        raise InvalidRequest(f"max_tokens must be > 0, got {max_tokens}", param="max_tokens")
     if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidRequest(f"temperature must be a finite number >= 0, got {temperature}")
+        raise InvalidRequest(
+            f"temperature must be a finite number >= 0, got {temperature}", param="temperature"
+        )
     if top_p is not None and (not math.isfinite(top_p) or not 0 < top_p <= 1):
-        raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
+        raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}", param="top_p")
 
 
 def check_seed(seed: int | None) -> None:
     if seed is not None and not 0 <= seed < 2**32:
-        raise InvalidRequest(f"seed must be in [0, 2**32), got {seed}")
+        raise InvalidRequest(f"seed must be in [0, 2**32), got {seed}", param="seed")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
+from lilbee_workers.limits import check_content
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
@@ -110,6 +111,7 @@ def stream_generation(
     text_of: Callable[[dict[str, Any]], str | None],
     *,
     prompt_cache: bool = False,
+    param: str = "messages",
 ) -> ChatResult:
     """Stream a llama-cpp-python generation (``start()`` returns its chunk iterator) as
     ``ChatChunk`` frames; end with the whole result.
@@ -142,7 +144,7 @@ def stream_generation(
         llm.reset()  # type: ignore[no-untyped-call]  # an aborted decode leaves no usable prefix
     except ValueError as exc:
         if "exceed context window" in str(exc):
-            raise InvalidRequest(f"prompt is too long: {exc}") from None
+            raise InvalidRequest(f"prompt is too long: {exc}", param=param) from None
         raise ModelError(f"llama.cpp refused the request: {exc}") from None
     return ChatResult(
         id=ctx.request_id,
@@ -156,12 +158,13 @@ def stream_generation(
 
 def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     if not messages:
-        raise InvalidRequest("messages must not be empty")
+        raise InvalidRequest("messages must not be empty", param="messages")
     for index, message in enumerate(messages):
         if message.role not in CHAT_ROLES:
             raise InvalidRequest(
                 f"messages[{index}].role must be one of {', '.join(CHAT_ROLES)}, "
-                f"got {message.role!r}"
+                f"got {message.role!r}",
+                param="messages",
             )
     return [{"role": m.role, "content": m.content} for m in messages]
 
@@ -187,6 +190,7 @@ class ChatHandler(RoleHandler):
         if isinstance(request, CompleteRequest):
             return self.complete(request, ctx)
         assert isinstance(request, ChatRequest)
+        check_content(request)  # the supervisor checked too: a backstop for other senders
         messages = check_messages(request.messages)
         check_sampling(request.max_tokens, request.temperature, request.top_p)
         check_seed(request.seed)
@@ -206,8 +210,7 @@ class ChatHandler(RoleHandler):
     def complete(self, request: CompleteRequest, ctx: RequestContext) -> ChatResult:
         """Continue a raw prompt: no chat template (base models continue text well and
         babble through a template they were never trained on)."""
-        if not request.prompt:
-            raise InvalidRequest("prompt must not be empty")
+        check_content(request)  # the supervisor checked too: a backstop for other senders
         check_sampling(request.max_tokens, request.temperature, request.top_p)
         check_seed(request.seed)
         llm = self.llm
@@ -226,4 +229,5 @@ class ChatHandler(RoleHandler):
             ),
             lambda choice: choice.get("text"),
             prompt_cache=self.config.prompt_cache,
+            param="prompt",
         )

@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 
 from lilbee_workers.errors import InvalidRequest, ModelError
+from lilbee_workers.limits import check_content
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
@@ -119,16 +120,18 @@ class EmbedHandler(RoleHandler):
     def token_counts(self, request: EmbedRequest) -> list[int]:
         """Each text's token count as embedded; ``InvalidRequest`` for an empty text or
         one over the context (unless the request asks to truncate)."""
+        check_content(request)  # the supervisor checked too: a backstop for other senders
         limit = self.llm.n_ctx()
         sizes = []
         for index, text in enumerate(request.texts):
             n_tokens = len(self.llm.tokenize(text.encode("utf-8")))
             if n_tokens == 0:
-                raise InvalidRequest(f"text {index} is empty")
+                raise InvalidRequest(f"text {index} is empty", param="texts")
             if n_tokens > limit and not request.truncate:
                 raise InvalidRequest(
                     f"text {index} is {n_tokens} tokens, over the context of {limit} "
-                    "(truncate=True, or embed --truncate, cuts it)"
+                    "(truncate=True, or embed --truncate, cuts it)",
+                    param="texts",
                 )
             sizes.append(min(n_tokens, self.llm.n_batch))
         return sizes

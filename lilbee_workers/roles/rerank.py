@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from lilbee_workers.errors import Cancelled, InvalidRequest, ModelError
+from lilbee_workers.limits import check_content
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
@@ -110,8 +111,9 @@ class RerankHandler(RoleHandler):
             try:
                 if not isinstance(part, RerankRequest):
                     raise InvalidRequest(f"a rerank batch holds rerank requests, not {part!r}")
+                check_content(part)  # the supervisor checked too: a backstop
                 if part.top_n is not None and part.top_n <= 0:
-                    raise InvalidRequest(f"top_n must be > 0, got {part.top_n}")
+                    raise InvalidRequest(f"top_n must be > 0, got {part.top_n}", param="top_n")
                 if self.config.rerank_mode == "generative":
                     answers[index] = ranked(part, self._score_generative(part, ctx))
                     continue
@@ -148,7 +150,8 @@ class RerankHandler(RoleHandler):
             if not truncate or room <= 0:
                 raise InvalidRequest(
                     f"document {index} with the query is {len(head) + len(doc) + 1} tokens, "
-                    f"over the context of {window} (truncate=True, or rerank --truncate, cuts it)"
+                    f"over the context of {window} (truncate=True, or rerank --truncate, cuts it)",
+                    param="documents",
                 )
             doc = doc[:room]
         return [*head, *doc, eos]
@@ -228,7 +231,8 @@ class RerankHandler(RoleHandler):
                 if not request.truncate:
                     raise InvalidRequest(
                         f"document {index} with the query is {len(tokens)} tokens, over the "
-                        f"context of {limit} (truncate=True, or rerank --truncate, cuts it)"
+                        f"context of {limit} (truncate=True, or rerank --truncate, cuts it)",
+                        param="documents",
                     )
                 tail = self.llm.tokenize(
                     b"\nIs the document relevant to the query? Answer yes or no.\nAnswer:",

@@ -108,7 +108,13 @@ class VisionHandler(RoleHandler):
 
     def handle(self, request: Request, ctx: RequestContext) -> Frame:
         assert isinstance(request, VisionRequest)
-        mime = check_image(request.image, self.config.max_image_bytes, self.config.max_image_pixels)
+        try:
+            mime = check_image(
+                request.image, self.config.max_image_bytes, self.config.max_image_pixels
+            )
+        except InvalidRequest as exc:
+            exc.param = "image"
+            raise
         check_sampling(request.max_tokens, request.temperature)
         check_seed(request.seed)
         uri = f"data:{mime};base64,{base64.b64encode(request.image).decode('ascii')}"

@@ -17,10 +17,17 @@ def to_frame(error: WorkerError, request_id: int) -> ErrorFrame:
         retryable=error.retryable,
         log_path=error.log_path,
         log_tail=error.log_tail,
+        param=error.param,
     )
 
 
 def from_frame(frame: ErrorFrame) -> WorkerError:
     """The exception an ``ErrorFrame`` stands for."""
     cls = ERRORS_BY_KIND.get(frame.kind, WorkerError)
-    return cls(frame.message, role=frame.role, log_path=frame.log_path, log_tail=frame.log_tail)
+    return cls(
+        frame.message,
+        role=frame.role,
+        log_path=frame.log_path,
+        log_tail=frame.log_tail,
+        param=frame.param,
+    )

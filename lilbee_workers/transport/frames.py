@@ -232,6 +232,7 @@ class ErrorFrame(Frame, tag="error"):
     retryable: bool = False
     log_path: str = ""
     log_tail: str = ""
+    param: str = ""  # the request field at fault ("" when none is named)
 
 
 # --------------------------------------------------------------------------- health

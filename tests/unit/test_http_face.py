@@ -219,3 +219,42 @@ def test_series_are_labelled_by_role_and_the_model_is_an_info_gauge() -> None:
         for name, labels in samples(after)
         if name != "lilbee_role_model"
     )
+
+
+# --------------------------------------------------------------- issue 18 items 8, 9
+
+
+def test_a_worker_400_names_its_param_under_the_bodys_name() -> None:
+    """A worker's ``InvalidRequest`` says which field; HTTP names it as its body does."""
+    error = InvalidRequest("max_tokens must be > 0, got 0", param="max_tokens")
+    status, body = worker_error_body(error, {"max_tokens": "max_completion_tokens"})
+    assert status == 400
+    assert body["error"]["param"] == "max_completion_tokens"
+    assert body["error"]["message"] == "max_completion_tokens must be > 0, got 0"
+    assert worker_error_body(error)[1]["error"]["param"] == "max_tokens"
+    assert worker_error_body(InvalidRequest("x"))[1]["error"]["param"] is None
+
+
+def test_an_over_long_text_gets_no_python_or_cli_hint_over_http() -> None:
+    error = InvalidRequest(
+        "text 0 is 300 tokens, over the context of 256 (truncate=True, or embed --truncate, "
+        "cuts it)",
+        param="texts",
+    )
+    _, body = worker_error_body(error, {"texts": "input"})
+    message = body["error"]["message"]
+    assert "truncate=True" not in message and "--truncate" not in message
+    assert message.startswith("text 0 is 300 tokens, over the context of 256")
+    assert body["error"]["param"] == "input"
+
+
+def test_param_crosses_the_wire_and_old_frames_still_decode() -> None:
+    from lilbee_workers.transport.codec import decode, encode
+    from lilbee_workers.transport.error_frames import from_frame, to_frame
+    from lilbee_workers.transport.frames import ErrorFrame
+
+    error = from_frame(decode(encode(to_frame(InvalidRequest("seed", param="seed"), 7))))
+    assert isinstance(error, InvalidRequest) and error.param == "seed"
+    # Without a param, the frame's bytes are what they were before the field existed.
+    plain = ErrorFrame(id=1, kind="invalid_request", message="m")
+    assert b"param" not in encode(plain)
