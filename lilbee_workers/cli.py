@@ -115,8 +115,8 @@ def status(
     """Show each role's state, pid, uptime, restarts, load, latency.
 
     Also the model, the last exit reason and memory. Exit code 0 when every role is
-    ready, 3 when some role is not, 2 when the daemon cannot be reached, 1 on any other
-    error.
+    ready, 3 when some role is not, 69 when the daemon cannot be reached, 1 on any
+    other error (2: a usage error).
     """
     from lilbee_workers.output import status_table, statuses_json
 

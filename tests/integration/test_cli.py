@@ -88,9 +88,9 @@ def test_socket_precedence_flag_then_env_then_config(
     bogus = str(daemon.dir / "bogus.sock")
     config = ("--config", str(client_config))
     result = run_cli("status", *config, "--socket", bogus)  # flag beats config
-    assert result.exit_code == 2 and "bogus.sock" in result.stderr, result.output
+    assert result.exit_code == 69 and "bogus.sock" in result.stderr, result.output
     result = run_cli("status", *config, LILBEE_WORKERS_SOCKET=bogus)  # env beats config
-    assert result.exit_code == 2 and "bogus.sock" in result.stderr, result.output
+    assert result.exit_code == 69 and "bogus.sock" in result.stderr, result.output
     result = run_cli(  # flag beats env
         "status", *config, "--socket", str(daemon.socket), LILBEE_WORKERS_SOCKET=bogus
     )
@@ -102,7 +102,7 @@ def test_unreachable_daemon_error_says_where_the_path_came_from(client_config: P
     other = client_config.with_name("gone.toml")
     other.write_text(text)
     result = run_cli("status", "--config", str(other))
-    assert result.exit_code == 2
+    assert result.exit_code == 69
     assert "gone.sock" in result.stderr and f"`socket` in {other}" in result.stderr
 
 
@@ -154,7 +154,7 @@ def test_error_lines_do_not_wrap_inside_paths() -> None:
         )
     finally:
         os.rmdir(directory)
-    assert result.returncode == 2
+    assert result.returncode == 69
     assert path in result.stderr, result.stderr
 
 
@@ -175,7 +175,7 @@ def test_invalid_request_error_carries_no_log_path(daemon: DaemonProcess) -> Non
 
 def test_json_errors_keep_the_exit_codes(daemon: DaemonProcess) -> None:
     result = run_cli("status", "--json", "--socket", str(daemon.dir / "nope.sock"))
-    assert result.exit_code == 2
+    assert result.exit_code == 69
     error = json.loads(result.stdout)["error"]
     assert error["kind"] == "unreachable" and "nope.sock" in error["message"]
     result = run_cli("restart", "nosuchrole", "--json", "--socket", str(daemon.socket))
