@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from lilbee_workers import catalog
 from lilbee_workers.config import (
     RoleConfig,
     SupervisorConfig,
@@ -89,19 +90,36 @@ def check_ray(address: str) -> Finding:
 
 
 def check_role(role: str, config: RoleConfig) -> list[Finding]:
-    """The role's model (and the vision projector) is a GGUF fit for the role."""
-    check = f"{role}.model"
+    """Each model the role serves (and its vision projector) is a GGUF fit for the
+    role, found as the daemon finds it: by name through ``catalog``, so ``model =
+    "small"`` is the ``[roles.<role>.models.small]`` entry, not a file called small."""
+    try:  # naming the bundled model ("default") needs its package
+        default, names = catalog.default_name(config), catalog.names(config)
+    except ConfigError as exc:
+        return [Finding(f"{role}.model", "error", str(exc), "install the package, or set `model`")]
+    findings: list[Finding] = []
+    for name in names:
+        check = f"{role}.model" if name == default else f"{role}.models.{name}"
+        in_table = f"[roles.{role}.models.{name}]" if name in config.models else f"[roles.{role}]"
+        key = f"`{'path' if name in config.models else 'model'}` in {in_table}"
+        findings += _check_model(role, catalog.config_for(config, name), check, key)
+    return findings
+
+
+def _check_model(role: str, config: RoleConfig, check: str, key: str) -> list[Finding]:
+    """One model (``config`` as a worker serving it boots with) and its projector."""
     try:
         path = config.resolved_model()
     except ConfigError as exc:
         return [Finding(check, "error", str(exc), "install the package, or set `model`")]
-    info, problem = _open_gguf(check, path, f"`model` in [roles.{role}]")
+    info, problem = _open_gguf(check, path, key)
     if info is None:
         assert problem is not None
         return [problem]
-    findings = [_judge_model(role, config, path, info)]
+    findings = [_judge_model(role, config, path, info, check)]
     if role == "vision":
-        findings.append(check_projector(config.mmproj or ""))
+        projector = "vision.mmproj" if check == "vision.model" else f"{check}.mmproj"
+        findings.append(check_projector(config.mmproj or "", projector))
     return findings
 
 
@@ -125,8 +143,8 @@ def _open_gguf(check: str, path: str, key: str) -> tuple[GGUFInfo | None, Findin
         return None, Finding(check, "error", f"cannot read {path}: {exc.strerror}", fix)
 
 
-def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo) -> Finding:
-    check, arch = f"{role}.model", info.architecture
+def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo, check: str) -> Finding:
+    arch = info.architecture
     size = os.path.getsize(path) / 2**20
     summary = f"{path} (GGUF v{info.version}, {arch or 'no architecture'}, {size:.0f} MiB)"
     if arch == "clip":
@@ -174,10 +192,10 @@ def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo) -> Fi
     return Finding(check, "ok", summary)
 
 
-def check_projector(path: str) -> Finding:
+def check_projector(path: str, check: str = "vision.mmproj") -> Finding:
     """vision's ``mmproj`` is a CLIP projector GGUF with a vision encoder."""
-    check = "vision.mmproj"
-    info, problem = _open_gguf(check, os.path.expanduser(path), "`mmproj` in [roles.vision]")
+    table = "roles.vision" if check == "vision.mmproj" else "roles." + check.removesuffix(".mmproj")
+    info, problem = _open_gguf(check, os.path.expanduser(path), f"`mmproj` in [{table}]")
     if info is None:
         assert problem is not None
         return problem
