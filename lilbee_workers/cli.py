@@ -80,6 +80,7 @@ def serve(
     from lilbee_workers.daemon import Daemon
     from lilbee_workers.errors import ConfigError
     from lilbee_workers.logs import configure_logging
+    from lilbee_workers.output import error_text
     from lilbee_workers.progress import view_for
 
     try:
@@ -100,7 +101,7 @@ def serve(
             settings, config_path=config, socket_path=socket_path, progress=progress
         ).run()
     except ConfigError as exc:
-        say_error(f"invalid config: {exc}")
+        say_error(error_text(exc))
         raise typer.Exit(EXIT_ERROR) from None
     except RuntimeError as exc:  # DaemonSetupError: the socket cannot be set up safely
         say_error(str(exc))
@@ -222,10 +223,11 @@ def doctor(
 
     Without --config: the default config (embed + chat on the bundled gemma 3 270M).
     """
-    from lilbee_workers.doctor import check_config, report_json, report_text
+    from lilbee_workers.doctor import check_config
+    from lilbee_workers.output import doctor_json, doctor_text
 
     findings = check_config(config, socket_path)
-    print(report_json(findings) if as_json else report_text(findings))
+    print(doctor_json(findings) if as_json else doctor_text(findings))
     if any(f.level == "error" for f in findings):
         raise typer.Exit(EXIT_ERROR)
 

@@ -6,11 +6,10 @@ metadata alone (``gguf_info``): nothing is loaded, nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +20,7 @@ from lilbee_workers.config import (
     default_config,
     load_config,
 )
+from lilbee_workers.config_problems import ConfigProblems
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.gguf_info import GGUFError, GGUFInfo, read_metadata
 from lilbee_workers.socket_paths import socket_path_for
@@ -45,6 +45,11 @@ def check_config(config_path: Path | None, socket_flag: Path | None) -> list[Fin
     client commands pick it, ``socket_flag`` first."""
     try:
         config = load_config(config_path) if config_path else default_config()
+    except ConfigProblems as exc:  # every bad key, each a finding of its own
+        where = f"{exc.source}: " if exc.source else ""
+        return [
+            Finding("config", "error", where + p, "correct the key it names") for p in exc.problems
+        ]
     except ConfigError as exc:
         return [Finding("config", "error", str(exc), "correct the key it names")]
     socket, source = socket_path_for(socket_flag, config, config_path)
@@ -330,34 +335,3 @@ def _user(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
-
-
-def report_text(findings: list[Finding]) -> str:
-    """One line per check, a `fix:` line under each one that is not ok, then a count."""
-    width = max(len(f.check) for f in findings)
-    lines = []
-    for f in findings:
-        lines.append(f"{f.level:<5}  {f.check:<{width}}  {f.message}")
-        if f.level != "ok" and f.fix:
-            lines.append(f"{'':<5}  {'':<{width}}  fix: {f.fix}")
-    problems = sum(f.level == "error" for f in findings)
-    warnings = sum(f.level == "warn" for f in findings)
-    lines.append(f"{_count(problems, 'problem')}, {_count(warnings, 'warning')}")
-    return "\n".join(lines)
-
-
-def report_json(findings: list[Finding]) -> str:
-    problems = sum(f.level == "error" for f in findings)
-    return json.dumps(
-        {
-            "ok": problems == 0,
-            "problems": problems,
-            "warnings": sum(f.level == "warn" for f in findings),
-            "checks": [asdict(f) for f in findings],
-        },
-        indent=2,
-    )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -177,3 +177,14 @@ def test_a_model_named_from_the_models_table_is_found_as_the_daemon_finds_it(
     assert "[roles.chat.models.gone]" in gone["fix"]
     assert tiny_embedder in found["embed.model"]["message"]
     assert found["embed.models.gemma"]["message"].startswith(model_path)
+
+
+def test_every_bad_key_is_a_finding_of_its_own(tmp_path: Path) -> None:
+    config = tmp_path / "w.toml"
+    config.write_text('[roles.embed]\nmodel = "m.gguf"\nn_ctxx = 5\nqueue_size = 0\n')
+    result = doctor(config, "--json")
+    assert result.exit_code == 1
+    messages = [c["message"] for c in json.loads(result.stdout)["checks"] if c["level"] == "error"]
+    assert len(messages) == 2, messages
+    assert "roles.embed.n_ctxx: unknown key (did you mean `n_ctx`?)" in messages[0]
+    assert "roles.embed.queue_size must be > 0" in messages[1]
