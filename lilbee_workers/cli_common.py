@@ -52,6 +52,15 @@ SocketOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        metavar="NAME",
+        help="One of the role's model names (see `models`); default: the role's default. "
+        "The worker switches to it once free (it stays loaded).",
+    ),
+]
 
 
 def load_settings(config: Path | None) -> SupervisorConfig | None:
