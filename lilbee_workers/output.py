@@ -30,7 +30,8 @@ def status_table(statuses: list[RoleStatus]) -> Table:
     table = Table(
         title="lilbee-workers", box=None, pad_edge=False, padding=(0, 1, 0, 0), show_header=True
     )
-    for column in ("role", "state", "pid", "model", "up", "restarts", "run+q", "ok/err"):
+    columns = ("role", "state", "pid", "model", "up", "restarts", "run+q", "ok/err/cancel")
+    for column in columns:
         if column == "model":  # the column that gives way on a narrow terminal
             table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=6, max_width=12)
         else:
@@ -63,7 +64,7 @@ def _status_row(name: str, s: RoleStatus) -> tuple[str, ...]:
         _duration(s.uptime_s) if s.pid else "-",
         str(s.restarts),
         f"{s.in_flight}+{s.queued}",
-        f"{s.served}/{s.errors}",
+        f"{s.served}/{s.errors}/{s.cancelled}",
         f"{p50}/{p99}",
         _size(s.rss_bytes),
     )

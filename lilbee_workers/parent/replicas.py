@@ -314,6 +314,7 @@ _SUMMED = (
     "queued",
     "served",
     "errors",
+    "cancelled",
     "retried",
     "retried_ok",
     "rss_bytes",

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from conftest import FAST
+from conftest import FAST, wait_until
 from daemon_helpers import DaemonProcess, write_config
+from lilbee_workers import Client
 from lilbee_workers.cli import app
+from lilbee_workers.types import RoleStatus
 
 TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
 CLEAN_ENV: dict[str, str | None] = {
@@ -321,3 +323,34 @@ def test_a_decimal_socket_mode_is_explained(tmp_path: Path, model_path: str) -> 
     result = run_cli("serve", "--config", str(config))
     assert result.exit_code == 1
     assert "0o660, not 660" in result.stderr and "got 660" in result.stderr
+
+
+# ---------------------------------------------------------------- cancelled calls
+
+
+def test_a_cancelled_stream_counts_as_cancelled_not_ok(daemon: DaemonProcess) -> None:
+    """A stream its caller closes after the first chunk: status shows cancelled 1 more,
+    ok and err unchanged (--json and the table); a call that runs to its end is ok."""
+    wait_all_ready(daemon)
+    with Client(daemon.socket) as client:
+
+        def chat() -> RoleStatus:
+            return {s.role: s for s in client.status()}["chat"]
+
+        before = chat()
+        stream = client.complete("Once upon a time, in a hive", max_tokens=400, temperature=0.0)
+        next(stream)  # the worker is generating
+        stream.close()
+        wait_until(lambda: chat().in_flight == 0, 60, "the cancelled stream to end")
+        after = chat()
+        assert (after.served, after.errors) == (before.served, before.errors)  # not ok
+        assert after.cancelled == before.cancelled + 1
+        assert client.complete("Honey is", max_tokens=3, temperature=0.0).collect().text
+        done = chat()
+        assert (done.served, done.cancelled) == (after.served + 1, after.cancelled)
+    result = run_cli("status", "--json", "--socket", str(daemon.socket))
+    [shown] = [r for r in json.loads(result.stdout)["roles"] if r["role"] == "chat"]
+    assert shown["cancelled"] == done.cancelled and shown["served"] == done.served
+    table = run_cli("status", "--socket", str(daemon.socket), COLUMNS="200")
+    assert "ok/err/cancel" in table.stdout
+    assert f"{done.served}/{done.errors}/{done.cancelled}" in table.stdout, table.stdout
