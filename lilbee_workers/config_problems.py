@@ -24,6 +24,10 @@ class ConfigProblems(ConfigError):
         self.source = source
         super().__init__((f"{source}: " if source else "") + "; ".join(self.problems))
 
+    def __reduce__(self) -> tuple[type[ConfigProblems], tuple[list[str], str]]:
+        """Pickled (by Ray, multiprocessing) as its problems, not as its joined message."""
+        return type(self), (self.problems, self.source)
+
 
 def raise_all(problems: list[str], source: str = "") -> None:
     """Raise ``ConfigProblems`` if there are any: the first one found for each key (a

@@ -76,3 +76,12 @@ def test_a_dropped_bad_value_is_not_also_reported_as_missing() -> None:
         "roles.embed.model: Expected `str`, got `int`",
         "roles.embed.n_ctx must be > 0, got 0",
     ]
+
+
+def test_the_problems_survive_pickling() -> None:
+    import pickle
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[roles.embed]\nmodel = "m"\nnctx = 5\nqueue_size = 0\n', source="w.toml")
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert again.problems == caught.value.problems and str(again) == str(caught.value)  # type: ignore[attr-defined]
