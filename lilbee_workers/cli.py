@@ -80,6 +80,7 @@ def serve(
     from lilbee_workers.daemon import Daemon
     from lilbee_workers.errors import ConfigError
     from lilbee_workers.logs import configure_logging
+    from lilbee_workers.output import error_text
     from lilbee_workers.progress import view_for
 
     try:
@@ -104,7 +105,7 @@ def serve(
             http_listen=http,
         ).run()
     except ConfigError as exc:
-        say_error(f"invalid config: {exc}")
+        say_error(error_text(exc))
         raise typer.Exit(EXIT_ERROR) from None
     except RuntimeError as exc:  # DaemonSetupError: the socket cannot be set up safely
         say_error(str(exc))
@@ -119,8 +120,8 @@ def status(
     """Show each role's state, pid, uptime, restarts, load, latency.
 
     Also the model, the last exit reason and memory. Exit code 0 when every role is
-    ready, 3 when some role is not, 2 when the daemon cannot be reached, 1 on any other
-    error.
+    ready, 3 when some role is not, 69 when the daemon cannot be reached, 1 on any
+    other error (2: a usage error).
     """
     from lilbee_workers.output import status_table, statuses_json
 
@@ -226,10 +227,11 @@ def doctor(
 
     Without --config: the default config (embed + chat on the bundled gemma 3 270M).
     """
-    from lilbee_workers.doctor import check_config, report_json, report_text
+    from lilbee_workers.doctor import check_config
+    from lilbee_workers.output import doctor_json, doctor_text
 
     findings = check_config(config, socket_path)
-    print(report_json(findings) if as_json else report_text(findings))
+    print(doctor_json(findings) if as_json else doctor_text(findings))
     if any(f.level == "error" for f in findings):
         raise typer.Exit(EXIT_ERROR)
 

@@ -25,8 +25,11 @@ app = typer.Typer(
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_UNREACHABLE = 2
+EXIT_USAGE = 2
+"""click's own code for a command line it cannot parse (a typo in a command or option)."""
 EXIT_NOT_READY = 3
+EXIT_UNREACHABLE = 69
+"""No daemon answers on the socket: sysexits' ``EX_UNAVAILABLE``, apart from usage errors."""
 
 
 ConfigOption = Annotated[
@@ -49,6 +52,15 @@ SocketOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        metavar="NAME",
+        help="One of the role's model names (see `models`); default: the role's default. "
+        "The worker switches to it once free (it stays loaded).",
+    ),
+]
 
 
 def load_settings(config: Path | None) -> SupervisorConfig | None:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lilbee_workers.cli_common import ConfigOption, JsonOption, SocketOption, daemon
+from lilbee_workers.cli_common import ConfigOption, JsonOption, ModelOption, SocketOption, daemon
 
 
 def embed(
@@ -19,6 +19,7 @@ def embed(
     truncate: Annotated[
         bool, typer.Option("--truncate", help="Cut texts longer than the context.")
     ] = False,
+    model: ModelOption = None,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -28,7 +29,7 @@ def embed(
     Prints each vector's size and first values (--json: all of them).
     """
     with daemon(socket_path, config, as_json) as client:
-        vectors = client.embed(texts, truncate=truncate)
+        vectors = client.embed(texts, truncate=truncate, model=model)
     if as_json:
         print(json.dumps({"dim": int(vectors.shape[1]), "vectors": vectors.tolist()}))
         return
@@ -42,6 +43,7 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.8,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    model: ModelOption = None,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -53,7 +55,9 @@ def chat(
     from lilbee_workers.output import print_stream
 
     with daemon(socket_path, config, as_json) as client:
-        stream = client.chat(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        stream = client.chat(
+            prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, model=model
+        )
         print_stream(stream, as_json)
 
 
@@ -63,6 +67,7 @@ def complete(
     temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.8,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
+    model: ModelOption = None,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -77,7 +82,12 @@ def complete(
 
     with daemon(socket_path, config, as_json) as client:
         stream = client.complete(
-            prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop or ()
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=stop or (),
+            model=model,
         )
         print_stream(stream, as_json)
 
@@ -89,6 +99,7 @@ def rerank(
     truncate: Annotated[
         bool, typer.Option("--truncate", help="Cut pairs longer than the context.")
     ] = False,
+    model: ModelOption = None,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -97,7 +108,7 @@ def rerank(
     import msgspec
 
     with daemon(socket_path, config, as_json) as client:
-        items = client.rerank(query, documents, top_n=top_n, truncate=truncate)
+        items = client.rerank(query, documents, top_n=top_n, truncate=truncate, model=model)
     if as_json:
         print(json.dumps(msgspec.to_builtins(items)))
         return
@@ -109,6 +120,7 @@ def vision(
     image: Annotated[Path, typer.Argument(help="A PNG or JPEG file.", exists=True)],
     prompt: Annotated[str | None, typer.Argument(help="What to ask about it.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    model: ModelOption = None,
     socket_path: SocketOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
@@ -120,7 +132,7 @@ def vision(
     from lilbee_workers.output import print_stream
 
     with daemon(socket_path, config, as_json) as client:
-        stream = client.vision(image.read_bytes(), prompt, max_tokens=max_tokens)
+        stream = client.vision(image.read_bytes(), prompt, max_tokens=max_tokens, model=model)
         print_stream(stream, as_json)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import warnings
@@ -12,6 +11,7 @@ from typing import Literal
 import msgspec
 import structlog
 
+from lilbee_workers.config_problems import convert_all, not_refused, raise_all, ray_ask_problems
 from lilbee_workers.errors import ConfigError
 from lilbee_workers.listen import is_loopback, parse_listen
 from lilbee_workers.logs import MAX_LOG_BYTES
@@ -122,8 +122,12 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             self.request_timeout_s = None
 
     def validate(self, role: str) -> None:
-        """Raise ``ConfigError`` naming the first bad key."""
-        where = f"roles.{role}"
+        """Raise ``ConfigError`` naming every bad key."""
+        raise_all(self.problems(role))
+
+    def problems(self, role: str) -> list[str]:
+        """One line per bad key, each naming it (``roles.<role>.<key>``)."""
+        where, found = f"roles.{role}", list[str]()
         positive = {
             "n_ctx": self.n_ctx,
             "n_batch": self.n_batch,
@@ -136,7 +140,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         }
         for key, value in positive.items():
             if value <= 0:
-                raise ConfigError(f"{where}.{key} must be > 0, got {value}")
+                found.append(f"{where}.{key} must be > 0, got {value}")
         times = {
             "kill_after_s": self.kill_after_s,
             "start_timeout_s": self.start_timeout_s,
@@ -146,7 +150,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         }
         for key, seconds in times.items():
             if not seconds > 0:
-                raise ConfigError(f"{where}.{key} must be > 0 seconds, got {seconds}")
+                found.append(f"{where}.{key} must be > 0 seconds, got {seconds}")
         durations = {
             **times,
             "cancel_grace_s": self.cancel_grace_s,
@@ -156,30 +160,31 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             **{"stall_after_s": self.stall_after_s or 0.0, "quarantine_s": self.quarantine_s},
         }
         for key, seconds in durations.items():
-            check_duration(f"{where}.{key}", seconds)
-        check_duration(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
+            found += duration_problems(f"{where}.{key}", seconds)
+        found += duration_problems(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
         if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
-            raise ConfigError(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
-                              f"replica takes over at once), not {self.replicas}")  # fmt: skip
-        _check_ray_asks(where, {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
-                                **self.resources})  # fmt: skip
+            found.append(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
+                         f"replica takes over at once), not {self.replicas}")  # fmt: skip
+        asks = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
+        found += ray_ask_problems(where, asks)
         if self.max_restarts < 0:
-            raise ConfigError(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
+            found.append(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model and not self.models:
-            raise ConfigError(f"{where}.model must name a GGUF file (or list models)")
+            found.append(f"{where}.model must name a GGUF file (or list models)")
         for name, entry in self.models.items():
             if not name or not entry.path:
-                raise ConfigError(f"{where}.models.{name}: needs a name and a path")
+                found.append(f"{where}.models.{name}: needs a name and a path")
             if entry.n_ctx is not None and entry.n_ctx <= 0:
-                raise ConfigError(f"{where}.models.{name}.n_ctx must be > 0")
-        check_duration(f"{where}.keep_alive_s", self.keep_alive_s)
+                found.append(f"{where}.models.{name}.n_ctx must be > 0")
+        found += duration_problems(f"{where}.keep_alive_s", self.keep_alive_s)
         if self.keep_alive_s and self.standby:
-            raise ConfigError(f"{where}: keep_alive_s unloads idle models; standby keeps one "
-                              "loaded: choose one")  # fmt: skip
+            found.append(f"{where}: keep_alive_s unloads idle models; standby keeps one "
+                         "loaded: choose one")  # fmt: skip
         if role == "vision" and not self.mmproj:
             uncovered = self.model not in self.models if self.model else not self.models
             if uncovered or not all(entry.mmproj for entry in self.models.values()):
-                raise ConfigError(f"{where}.mmproj must name the multimodal projector GGUF")
+                found.append(f"{where}.mmproj must name the multimodal projector GGUF")
+        return found
 
     def resolved_model(self) -> str:
         """The model path, with ``default`` resolved to the bundled small model."""
@@ -228,43 +233,49 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     """The Ray cluster to join (``ray.init`` address): ``auto``, ``HOST:PORT``, ``local``."""
 
     def validate(self) -> SupervisorConfig:
-        """Raise ``ConfigError`` naming the first bad key; return self."""
+        """Raise ``ConfigError`` naming every bad key; return self."""
+        raise_all(self.problems())
+        return self
+
+    def problems(self) -> list[str]:
+        """One line per bad key in the whole config, each naming it."""
+        found: list[str] = []
         if not self.roles:
-            raise ConfigError("roles: configure at least one role")
+            found.append("roles: configure at least one role")
         for role, role_config in self.roles.items():
             if role not in ROLE_KINDS:
-                raise ConfigError(
-                    f"roles.{role}: unknown role (choose from {', '.join(ROLE_KINDS)})"
-                )
-            role_config.validate(role)
+                found.append(f"roles.{role}: unknown role (choose from {', '.join(ROLE_KINDS)})")
+                continue
+            found += role_config.problems(role)
             if self.backend == "ray" and role_config.standby:
-                raise ConfigError(f"roles.{role}.standby: not with backend = \"ray\" (a dead "
-                                  "spare goes unseen until pinged); use replicas")  # fmt: skip
+                found.append(f"roles.{role}.standby: not with backend = \"ray\" (a dead "
+                             "spare goes unseen until pinged); use replicas")  # fmt: skip
         if self.max_frame_bytes < 1024:
-            raise ConfigError(f"max_frame_bytes must be >= 1024, got {self.max_frame_bytes}")
+            found.append(f"max_frame_bytes must be >= 1024, got {self.max_frame_bytes}")
         if self.log_max_bytes < 4096:
-            raise ConfigError(f"log_max_bytes must be >= 4096, got {self.log_max_bytes}")
-        check_duration("drain_timeout_s", self.drain_timeout_s)
+            found.append(f"log_max_bytes must be >= 4096, got {self.log_max_bytes}")
+        found += duration_problems("drain_timeout_s", self.drain_timeout_s)
         if self.max_connections <= 0:
-            raise ConfigError(f"max_connections must be > 0, got {self.max_connections}")
+            found.append(f"max_connections must be > 0, got {self.max_connections}")
         if not self.frame_timeout_s > 0:
-            raise ConfigError(f"frame_timeout_s must be > 0 seconds, got {self.frame_timeout_s}")
-        check_duration("frame_timeout_s", self.frame_timeout_s)
-        if self.http_listen:
-            host, _ = parse_listen(self.http_listen)
-            if not is_loopback(host) and not self.http_api_key_file:
-                raise ConfigError(
+            found.append(f"frame_timeout_s must be > 0 seconds, got {self.frame_timeout_s}")
+        found += duration_problems("frame_timeout_s", self.frame_timeout_s)
+        try:
+            host = parse_listen(self.http_listen)[0] if self.http_listen else ""
+        except ConfigError as exc:
+            found.append(str(exc))
+        else:
+            if host and not is_loopback(host) and not self.http_api_key_file:
+                found.append(
                     f"http_listen: {self.http_listen} is reachable from other machines; "
                     "set http_api_key_file (a file holding the bearer token) or bind 127.0.0.1"
                 )
         if self.http_max_body_bytes < 1024:
-            raise ConfigError(
-                f"http_max_body_bytes must be >= 1024, got {self.http_max_body_bytes}"
-            )
+            found.append(f"http_max_body_bytes must be >= 1024, got {self.http_max_body_bytes}")
         if not 0 <= self.socket_mode <= 0o777:
-            raise ConfigError(f"socket_mode must be an octal mode like 0o600 (0o660, not 660), "
-                              f"got {self.socket_mode} = {self.socket_mode:#o}")  # fmt: skip
-        return self
+            found.append(f"socket_mode must be an octal mode like 0o600 (0o660, not 660), "
+                         f"got {self.socket_mode} = {self.socket_mode:#o}")  # fmt: skip
+        return found
 
     def resolved_log_dir(self) -> Path:
         if self.log_dir:
@@ -276,19 +287,17 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         return Path(os.path.expanduser(self.socket or default_socket_path()))
 
 
-def _check_ray_asks(where: str, asks: dict[str, float]) -> None:
-    for key, amount in asks.items():
-        if not (math.isfinite(amount) and amount >= 0) or key in ("CPU", "GPU", "memory"):
-            raise ConfigError(f"{where}.{key}: a number >= 0, and CPUs and GPUs as num_cpus "
-                              f"and num_gpus (got {amount})")  # fmt: skip
-
-
 def check_duration(key: str, seconds: float) -> None:
     """A duration must be a finite number of seconds in [0, a week]."""
+    raise_all(duration_problems(key, seconds))
+
+
+def duration_problems(key: str, seconds: float) -> list[str]:
+    """What is wrong with a duration (nothing if it is finite and in [0, a week])."""
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        raise ConfigError(
-            f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, got {seconds}"
-        )
+        return [f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, "
+                f"got {seconds}"]  # fmt: skip
+    return []
 
 
 def default_socket_path() -> str:
@@ -310,46 +319,37 @@ def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
 
 
 def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfig:
-    """Decode and validate TOML text."""
+    """Decode and validate TOML text; ``ConfigProblems`` lists every bad key."""
     try:
         raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    try:
+    problems: list[str] = []
+    refused: list[str] = []  # keys reported and left out, so the rest is still checked
+    roles = raw.get("roles", {}) if isinstance(raw, dict) else {}
+    if isinstance(roles, dict):
         # Role tables one by one, so an error names the role (msgspec says `roles[...]`).
-        roles = raw.get("roles", {}) if isinstance(raw, dict) else {}
-        if isinstance(roles, dict):
-            for name, table in roles.items():
-                if isinstance(table, dict) and "request_timeout_s" in table:
-                    log.warning(
-                        "deprecated config key: use kill_after_s (same meaning: the worker "
-                        "kill deadline of one call)",
-                        key=f"roles.{name}.request_timeout_s",
-                        source=source,
-                    )
-                try:
-                    roles[name] = msgspec.convert(table, RoleConfig)
-                except msgspec.ValidationError as exc:
-                    raise ConfigError(f"roles.{name}.{_readable(str(exc), RoleConfig)}") from None
-        config = msgspec.convert(raw, SupervisorConfig)
-        return config.validate()
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_readable(str(exc), SupervisorConfig)}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def _readable(message: str, struct: type[msgspec.Struct]) -> str:
-    """msgspec's "Expected `int`, got `str` - at `$.n_ctx`" as "n_ctx: Expected ...";
-    an unknown key of ``struct`` with the nearest known key as a suggestion."""
-    if " - at `$" in message:
-        text, where = message.rsplit(" - at `$", 1)
-        return f"{where.rstrip('`').lstrip('.')}: {text}"
-    if message.startswith("Object contains unknown field "):
-        key = message.removeprefix("Object contains unknown field ").strip("`")
-        near = difflib.get_close_matches(key, struct.__struct_fields__, n=1, cutoff=0.6)
-        return f"{key}: unknown key" + (f" (did you mean `{near[0]}`?)" if near else "")
-    return message
+        converted = {}
+        for name, table in roles.items():
+            if isinstance(table, dict) and "request_timeout_s" in table:
+                log.warning(
+                    "deprecated config key: use kill_after_s (same meaning: the worker "
+                    "kill deadline of one call)",
+                    key=f"roles.{name}.request_timeout_s",
+                    source=source,
+                )
+            role, found = convert_all(table, RoleConfig, f"roles.{name}.", refused)
+            problems += found
+            if role is not None:
+                converted[name] = role
+        raw["roles"] = converted
+    config, found = convert_all(raw, SupervisorConfig, "", refused)
+    problems += found
+    if config is not None:
+        problems += not_refused(config.problems(), refused)
+    raise_all(problems, source)
+    assert config is not None
+    return config
 
 
 def default_config(roles: tuple[str, ...] = ("embed", "chat")) -> SupervisorConfig:

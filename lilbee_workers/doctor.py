@@ -6,20 +6,21 @@ metadata alone (``gguf_info``): nothing is loaded, nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lilbee_workers import catalog
 from lilbee_workers.config import (
     RoleConfig,
     SupervisorConfig,
     default_config,
     load_config,
 )
+from lilbee_workers.config_problems import ConfigProblems
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.gguf_info import GGUFError, GGUFInfo, read_metadata
 from lilbee_workers.socket_paths import socket_path_for
@@ -44,6 +45,11 @@ def check_config(config_path: Path | None, socket_flag: Path | None) -> list[Fin
     client commands pick it, ``socket_flag`` first."""
     try:
         config = load_config(config_path) if config_path else default_config()
+    except ConfigProblems as exc:  # every bad key, each a finding of its own
+        where = f"{exc.source}: " if exc.source else ""
+        return [
+            Finding("config", "error", where + p, "correct the key it names") for p in exc.problems
+        ]
     except ConfigError as exc:
         return [Finding("config", "error", str(exc), "correct the key it names")]
     socket, source = socket_path_for(socket_flag, config, config_path)
@@ -89,19 +95,36 @@ def check_ray(address: str) -> Finding:
 
 
 def check_role(role: str, config: RoleConfig) -> list[Finding]:
-    """The role's model (and the vision projector) is a GGUF fit for the role."""
-    check = f"{role}.model"
+    """Each model the role serves (and its vision projector) is a GGUF fit for the
+    role, found as the daemon finds it: by name through ``catalog``, so ``model =
+    "small"`` is the ``[roles.<role>.models.small]`` entry, not a file called small."""
+    try:  # naming the bundled model ("default") needs its package
+        default, names = catalog.default_name(config), catalog.names(config)
+    except ConfigError as exc:
+        return [Finding(f"{role}.model", "error", str(exc), "install the package, or set `model`")]
+    findings: list[Finding] = []
+    for name in names:
+        check = f"{role}.model" if name == default else f"{role}.models.{name}"
+        in_table = f"[roles.{role}.models.{name}]" if name in config.models else f"[roles.{role}]"
+        key = f"`{'path' if name in config.models else 'model'}` in {in_table}"
+        findings += _check_model(role, catalog.config_for(config, name), check, key)
+    return findings
+
+
+def _check_model(role: str, config: RoleConfig, check: str, key: str) -> list[Finding]:
+    """One model (``config`` as a worker serving it boots with) and its projector."""
     try:
         path = config.resolved_model()
     except ConfigError as exc:
         return [Finding(check, "error", str(exc), "install the package, or set `model`")]
-    info, problem = _open_gguf(check, path, f"`model` in [roles.{role}]")
+    info, problem = _open_gguf(check, path, key)
     if info is None:
         assert problem is not None
         return [problem]
-    findings = [_judge_model(role, config, path, info)]
+    findings = [_judge_model(role, config, path, info, check)]
     if role == "vision":
-        findings.append(check_projector(config.mmproj or ""))
+        projector = "vision.mmproj" if check == "vision.model" else f"{check}.mmproj"
+        findings.append(check_projector(config.mmproj or "", projector))
     return findings
 
 
@@ -125,8 +148,8 @@ def _open_gguf(check: str, path: str, key: str) -> tuple[GGUFInfo | None, Findin
         return None, Finding(check, "error", f"cannot read {path}: {exc.strerror}", fix)
 
 
-def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo) -> Finding:
-    check, arch = f"{role}.model", info.architecture
+def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo, check: str) -> Finding:
+    arch = info.architecture
     size = os.path.getsize(path) / 2**20
     summary = f"{path} (GGUF v{info.version}, {arch or 'no architecture'}, {size:.0f} MiB)"
     if arch == "clip":
@@ -174,10 +197,10 @@ def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo) -> Fi
     return Finding(check, "ok", summary)
 
 
-def check_projector(path: str) -> Finding:
+def check_projector(path: str, check: str = "vision.mmproj") -> Finding:
     """vision's ``mmproj`` is a CLIP projector GGUF with a vision encoder."""
-    check = "vision.mmproj"
-    info, problem = _open_gguf(check, os.path.expanduser(path), "`mmproj` in [roles.vision]")
+    table = "roles.vision" if check == "vision.mmproj" else "roles." + check.removesuffix(".mmproj")
+    info, problem = _open_gguf(check, os.path.expanduser(path), f"`mmproj` in [{table}]")
     if info is None:
         assert problem is not None
         return problem
@@ -312,34 +335,3 @@ def _user(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
-
-
-def report_text(findings: list[Finding]) -> str:
-    """One line per check, a `fix:` line under each one that is not ok, then a count."""
-    width = max(len(f.check) for f in findings)
-    lines = []
-    for f in findings:
-        lines.append(f"{f.level:<5}  {f.check:<{width}}  {f.message}")
-        if f.level != "ok" and f.fix:
-            lines.append(f"{'':<5}  {'':<{width}}  fix: {f.fix}")
-    problems = sum(f.level == "error" for f in findings)
-    warnings = sum(f.level == "warn" for f in findings)
-    lines.append(f"{_count(problems, 'problem')}, {_count(warnings, 'warning')}")
-    return "\n".join(lines)
-
-
-def report_json(findings: list[Finding]) -> str:
-    problems = sum(f.level == "error" for f in findings)
-    return json.dumps(
-        {
-            "ok": problems == 0,
-            "problems": problems,
-            "warnings": sum(f.level == "warn" for f in findings),
-            "checks": [asdict(f) for f in findings],
-        },
-        indent=2,
-    )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from rich.table import Table
 
+from lilbee_workers.config_problems import ConfigProblems
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.transport.frames import ChatResult
 from lilbee_workers.types import RoleStatus
 
 if TYPE_CHECKING:
     from lilbee_workers.api import ChatStream
+    from lilbee_workers.doctor import Finding
 
 QUIET_KINDS = ("invalid_request", "cancelled")
 """Errors about the request itself: the worker's log has nothing to add."""
@@ -27,7 +30,8 @@ def status_table(statuses: list[RoleStatus]) -> Table:
     table = Table(
         title="lilbee-workers", box=None, pad_edge=False, padding=(0, 1, 0, 0), show_header=True
     )
-    for column in ("role", "state", "pid", "model", "up", "restarts", "run+q", "ok/err"):
+    columns = ("role", "state", "pid", "model", "up", "restarts", "run+q", "ok/err/cancel")
+    for column in columns:
         if column == "model":  # the column that gives way on a narrow terminal
             table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=6, max_width=12)
         else:
@@ -60,7 +64,7 @@ def _status_row(name: str, s: RoleStatus) -> tuple[str, ...]:
         _duration(s.uptime_s) if s.pid else "-",
         str(s.restarts),
         f"{s.in_flight}+{s.queued}",
-        f"{s.served}/{s.errors}",
+        f"{s.served}/{s.errors}/{s.cancelled}",
         f"{p50}/{p99}",
         _size(s.rss_bytes),
     )
@@ -172,6 +176,11 @@ def error_kind(error: Exception) -> str:
 
 def error_text(error: Exception, socket_source: str = "") -> str:
     """The message for a person: the worker log only where it can help."""
+    if isinstance(error, ConfigProblems) and len(error.problems) > 1:
+        where = f" {error.source}" if error.source else ""
+        return f"invalid config{where}, {len(error.problems)} problems:\n  " + "\n  ".join(
+            error.problems
+        )
     if isinstance(error, ConfigError):
         return f"invalid config: {error}"
     if not isinstance(error, WorkerError):
@@ -202,6 +211,40 @@ def error_json(error: Exception, socket_source: str = "") -> str:
             document["log_path"] = log
             if error.log_tail:
                 document["log_tail"] = error.log_tail
+    if isinstance(error, ConfigProblems):
+        document["problems"] = error.problems
     if kind == "unreachable" and socket_source:
         document["socket_from"] = socket_source
     return json.dumps({"error": document})
+
+
+def doctor_text(findings: list[Finding]) -> str:
+    """One line per check, a `fix:` line under each one that is not ok, then a count."""
+    width = max(len(f.check) for f in findings)
+    lines = []
+    for f in findings:
+        lines.append(f"{f.level:<5}  {f.check:<{width}}  {f.message}")
+        if f.level != "ok" and f.fix:
+            lines.append(f"{'':<5}  {'':<{width}}  fix: {f.fix}")
+    problems = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warn" for f in findings)
+    lines.append(f"{_count(problems, 'problem')}, {_count(warnings, 'warning')}")
+    return "\n".join(lines)
+
+
+def doctor_json(findings: list[Finding]) -> str:
+    """``doctor --json``: whether all is well, the counts, and every check."""
+    problems = sum(f.level == "error" for f in findings)
+    return json.dumps(
+        {
+            "ok": problems == 0,
+            "problems": problems,
+            "warnings": sum(f.level == "warn" for f in findings),
+            "checks": [asdict(f) for f in findings],
+        },
+        indent=2,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -77,6 +77,10 @@ class RoleStatus(msgspec.Struct):
     queued: int = 0
     served: int = 0
     errors: int = 0
+    cancelled: int = 0
+    """Calls their caller cancelled while a worker ran them (a stream cut short, a
+    client gone): neither served nor an error. One cut short by its own timeout is an
+    error (its caller got ``WorkerTimeout``)."""
     retried: int = 0
     """Calls re-run on a fresh worker after their worker died or hung under them."""
     retried_ok: int = 0

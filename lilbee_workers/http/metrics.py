@@ -73,6 +73,7 @@ class StatusCollector(Collector):
             role = status.role
             requests.add_metric([role, "ok"], status.served)
             requests.add_metric([role, "error"], status.errors)
+            requests.add_metric([role, "cancelled"], status.cancelled)
             latency.add_metric(
                 [role], _cumulative(status.latency_buckets), status.latency_sum_ms / 1000.0
             )

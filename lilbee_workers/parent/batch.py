@@ -16,7 +16,7 @@ from lilbee_workers.parent import merging
 from lilbee_workers.parent.attempt import Answered
 from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.queue import RoleQueue
-from lilbee_workers.parent.stats import RoleStats
+from lilbee_workers.parent.stats import RoleStats, cancelled_answer
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.frames import (
     AnyFrame,
@@ -158,8 +158,9 @@ def coalesce(
 def account(stats: RoleStats, call: Attempted, outcome: Answered) -> None:
     """Count an answered call (each part of a merged one) and its batch shape."""
     errors = call.part_errors if isinstance(call, MergedCall) else [outcome.error]
+    cancelled, timed_out = cancelled_answer(outcome.frame), getattr(call, "timed_out", False)
     for error in errors:
-        stats.answered(error=error, retried=call.retried)
+        stats.answered(error=error, retried=call.retried, cancelled=cancelled, timed_out=timed_out)
     if isinstance(outcome.frame, ChatResult):
         stats.generated(outcome.frame.completion_tokens)
     shape = batch_shape(outcome.frame) if outcome.frame is not None else None

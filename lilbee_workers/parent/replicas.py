@@ -317,6 +317,7 @@ _SUMMED = (
     "queued",
     "served",
     "errors",
+    "cancelled",
     "retried",
     "retried_ok",
     "rss_bytes",

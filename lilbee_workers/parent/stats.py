@@ -9,6 +9,7 @@ import threading
 from collections import Counter, deque
 from typing import Any
 
+from lilbee_workers.transport.frames import AnyFrame, ChatResult, ErrorFrame
 from lilbee_workers.types import LATENCY_BUCKETS_MS
 
 
@@ -21,6 +22,7 @@ class RoleStats:
         self._restarts = 0
         self._served = 0
         self._errors = 0
+        self._cancelled = 0
         self._retried = 0
         self._retried_ok = 0
         self._internal_errors = 0
@@ -32,10 +34,17 @@ class RoleStats:
         self._loading_generation = 0
         self._load_progress: float | None = None
 
-    def answered(self, *, error: bool, retried: bool) -> None:
-        """A call got its final frame (an error frame counts as an error)."""
+    def answered(
+        self, *, error: bool, retried: bool, cancelled: bool = False, timed_out: bool = False
+    ) -> None:
+        """A call got its final frame (an error frame counts as an error). ``cancelled``:
+        the worker stopped it for its caller (``cancelled_answer``), which counts as
+        cancelled, not served. ``timed_out``: its caller was answered ``WorkerTimeout``,
+        an error whatever the worker sent."""
         with self._lock:
-            if error:
+            if cancelled and not timed_out:
+                self._cancelled += 1
+            elif error or timed_out:
                 self._errors += 1
             else:
                 self._served += 1
@@ -118,6 +127,7 @@ class RoleStats:
                 "restarts": self._restarts,
                 "served": self._served,
                 "errors": self._errors,
+                "cancelled": self._cancelled,
                 "retried": self._retried,
                 "retried_ok": self._retried_ok,
                 "p50_ms": percentile(latencies, 0.50),
@@ -144,3 +154,12 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
         return None
     index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
     return round(sorted_values[index], 3)
+
+
+def cancelled_answer(frame: AnyFrame | None) -> bool:
+    """The worker's final frame says it stopped the call on a cancel: a stream cut short
+    (``finish_reason`` cancelled) or a ``Cancelled`` error. Read from the answer, not the
+    call's flag: a client that leaves after its answer came sets that flag too."""
+    if isinstance(frame, ChatResult):
+        return frame.finish_reason == "cancelled"
+    return isinstance(frame, ErrorFrame) and frame.kind == "cancelled"

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from conftest import FAST
+from conftest import FAST, wait_until
 from daemon_helpers import DaemonProcess, write_config
+from lilbee_workers import Client
 from lilbee_workers.cli import app
+from lilbee_workers.types import RoleStatus
 
 TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
 CLEAN_ENV: dict[str, str | None] = {
@@ -88,9 +90,9 @@ def test_socket_precedence_flag_then_env_then_config(
     bogus = str(daemon.dir / "bogus.sock")
     config = ("--config", str(client_config))
     result = run_cli("status", *config, "--socket", bogus)  # flag beats config
-    assert result.exit_code == 2 and "bogus.sock" in result.stderr, result.output
+    assert result.exit_code == 69 and "bogus.sock" in result.stderr, result.output
     result = run_cli("status", *config, LILBEE_WORKERS_SOCKET=bogus)  # env beats config
-    assert result.exit_code == 2 and "bogus.sock" in result.stderr, result.output
+    assert result.exit_code == 69 and "bogus.sock" in result.stderr, result.output
     result = run_cli(  # flag beats env
         "status", *config, "--socket", str(daemon.socket), LILBEE_WORKERS_SOCKET=bogus
     )
@@ -102,7 +104,7 @@ def test_unreachable_daemon_error_says_where_the_path_came_from(client_config: P
     other = client_config.with_name("gone.toml")
     other.write_text(text)
     result = run_cli("status", "--config", str(other))
-    assert result.exit_code == 2
+    assert result.exit_code == 69
     assert "gone.sock" in result.stderr and f"`socket` in {other}" in result.stderr
 
 
@@ -154,7 +156,7 @@ def test_error_lines_do_not_wrap_inside_paths() -> None:
         )
     finally:
         os.rmdir(directory)
-    assert result.returncode == 2
+    assert result.returncode == 69
     assert path in result.stderr, result.stderr
 
 
@@ -175,7 +177,7 @@ def test_invalid_request_error_carries_no_log_path(daemon: DaemonProcess) -> Non
 
 def test_json_errors_keep_the_exit_codes(daemon: DaemonProcess) -> None:
     result = run_cli("status", "--json", "--socket", str(daemon.dir / "nope.sock"))
-    assert result.exit_code == 2
+    assert result.exit_code == 69
     error = json.loads(result.stdout)["error"]
     assert error["kind"] == "unreachable" and "nope.sock" in error["message"]
     result = run_cli("restart", "nosuchrole", "--json", "--socket", str(daemon.socket))
@@ -321,3 +323,34 @@ def test_a_decimal_socket_mode_is_explained(tmp_path: Path, model_path: str) -> 
     result = run_cli("serve", "--config", str(config))
     assert result.exit_code == 1
     assert "0o660, not 660" in result.stderr and "got 660" in result.stderr
+
+
+# ---------------------------------------------------------------- cancelled calls
+
+
+def test_a_cancelled_stream_counts_as_cancelled_not_ok(daemon: DaemonProcess) -> None:
+    """A stream its caller closes after the first chunk: status shows cancelled 1 more,
+    ok and err unchanged (--json and the table); a call that runs to its end is ok."""
+    wait_all_ready(daemon)
+    with Client(daemon.socket) as client:
+
+        def chat() -> RoleStatus:
+            return {s.role: s for s in client.status()}["chat"]
+
+        before = chat()
+        stream = client.complete("Once upon a time, in a hive", max_tokens=400, temperature=0.0)
+        next(stream)  # the worker is generating
+        stream.close()
+        wait_until(lambda: chat().in_flight == 0, 60, "the cancelled stream to end")
+        after = chat()
+        assert (after.served, after.errors) == (before.served, before.errors)  # not ok
+        assert after.cancelled == before.cancelled + 1
+        assert client.complete("Honey is", max_tokens=3, temperature=0.0).collect().text
+        done = chat()
+        assert (done.served, done.cancelled) == (after.served + 1, after.cancelled)
+    result = run_cli("status", "--json", "--socket", str(daemon.socket))
+    [shown] = [r for r in json.loads(result.stdout)["roles"] if r["role"] == "chat"]
+    assert shown["cancelled"] == done.cancelled and shown["served"] == done.served
+    table = run_cli("status", "--socket", str(daemon.socket), COLUMNS="200")
+    assert "ok/err/cancel" in table.stdout
+    assert f"{done.served}/{done.errors}/{done.cancelled}" in table.stdout, table.stdout

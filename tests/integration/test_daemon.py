@@ -84,7 +84,7 @@ def test_cli_status_embed_chat_and_exit_codes(daemon: DaemonProcess) -> None:
     )
     assert result.exit_code == 0 and result.output.strip(), result.output
     result = runner.invoke(app, ["status", "--socket", str(daemon.dir / "nope.sock")])
-    assert result.exit_code == 2
+    assert result.exit_code == 69
     assert "nope.sock" in result.output
 
 

@@ -152,3 +152,39 @@ def test_a_bad_config_is_reported_with_a_suggestion(tmp_path: Path) -> None:
     result = doctor(config, "--json")
     assert result.exit_code == 1
     assert checks(result)["config"]["level"] == "error"
+
+
+def test_a_model_named_from_the_models_table_is_found_as_the_daemon_finds_it(
+    model_path: str, tiny_embedder: str, tmp_path: Path, where: dict[str, str]
+) -> None:
+    """`model = "small"` names the `[roles.chat.models.small]` entry (the daemon serves
+    it), not a file called small; every listed model is checked, each under its name."""
+    config = tmp_path / "named.toml"
+    config.write_text(
+        f'log_dir = "{where["log_dir"]}"\nsocket = "{where["socket"]}"\n'
+        f'[roles.chat]\nmodel = "small"\n'
+        f'[roles.chat.models.small]\npath = "{model_path}"\n'
+        f'[roles.chat.models.gone]\npath = "{tmp_path / "gone.gguf"}"\n'
+        f'[roles.embed]\nmodel = "{tiny_embedder}"\n'
+        f'[roles.embed.models.gemma]\npath = "{model_path}"\n'
+    )
+    found = checks(doctor(config, "--json"))
+    small = found["chat.model"]
+    assert small["level"] != "error", small
+    assert small["message"].startswith(model_path), small  # the entry's file, judged
+    gone = found["chat.models.gone"]
+    assert gone["level"] == "error" and "gone.gguf does not exist" in gone["message"]
+    assert "[roles.chat.models.gone]" in gone["fix"]
+    assert tiny_embedder in found["embed.model"]["message"]
+    assert found["embed.models.gemma"]["message"].startswith(model_path)
+
+
+def test_every_bad_key_is_a_finding_of_its_own(tmp_path: Path) -> None:
+    config = tmp_path / "w.toml"
+    config.write_text('[roles.embed]\nmodel = "m.gguf"\nn_ctxx = 5\nqueue_size = 0\n')
+    result = doctor(config, "--json")
+    assert result.exit_code == 1
+    messages = [c["message"] for c in json.loads(result.stdout)["checks"] if c["level"] == "error"]
+    assert len(messages) == 2, messages
+    assert "roles.embed.n_ctxx: unknown key (did you mean `n_ctx`?)" in messages[0]
+    assert "roles.embed.queue_size must be > 0" in messages[1]

@@ -350,6 +350,8 @@ def test_health_and_metrics_agree_with_status(http: HttpDaemon, socket_client: C
     embed = (("role", "embed"),)  # series are per role: a model switch keeps the history
     ok = samples[("lilbee_requests_total", (("outcome", "ok"), *embed))]
     assert ok == statuses["embed"].served >= 1
+    cancelled = samples[("lilbee_requests_total", (("outcome", "cancelled"), *embed))]
+    assert cancelled == statuses["embed"].cancelled
     count = samples[("lilbee_request_latency_seconds_count", embed)]
     assert count == sum(statuses["embed"].latency_buckets) >= 1
     assert samples[("lilbee_role_state", (*embed, ("state", "ready")))] == 1.0

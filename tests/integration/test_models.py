@@ -4,6 +4,7 @@ Answers are checked against llama-cpp-python run directly on each model file."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -219,3 +220,18 @@ def test_models_load_unload_through_the_cli_and_the_client(
     assert status.exit_code == 0  # unloaded is a healthy state: the next call loads
     bad = runner.invoke(app, ["load", "embed", "nope", *socket])
     assert bad.exit_code == 1 and "no model 'nope'" in bad.output
+
+
+def test_the_cli_role_commands_take_a_model_name(
+    daemon: DaemonProcess, references: dict[str, dict[str, np.ndarray]]
+) -> None:
+    """`embed --model NAME`: each name's vector is the one llama-cpp-python computes on
+    that file (tiny has 32 dimensions, gemma 640); an unknown name is refused."""
+    socket = ["--socket", str(daemon.socket)]
+    for name in ("tiny", "gemma", "tiny"):
+        result = CliRunner().invoke(app, ["embed", TEXTS[2], "--model", name, "--json", *socket])
+        assert result.exit_code == 0, result.output
+        vector = np.asarray(json.loads(result.stdout)["vectors"][0])
+        np.testing.assert_allclose(vector, references[name][TEXTS[2]], atol=1e-4)
+    bad = CliRunner().invoke(app, ["embed", "x", "--model", "nope", *socket])
+    assert bad.exit_code == 1 and "no model 'nope'" in bad.stderr, bad.output

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from lilbee_workers.cli import app
 from lilbee_workers.errors import (
     ConfigError,
     DaemonUnreachable,
@@ -55,3 +58,20 @@ def test_restart_lines_say_what_really_happened() -> None:
         "embed: ready (pid 41)",
         "chat: failed: model file not found: /m.gguf",
     ]
+
+
+def test_every_bad_key_reaches_the_user_on_its_own_line(tmp_path: Path) -> None:
+    """status (a client command) and serve name each bad key of the file, and --json
+    lists them; exit 1 either way (nothing was started)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[roles.embed]\nmodel = "m.gguf"\nnctx = 5\nqueue_size = 0\n')
+    env: dict[str, str | None] = {"LILBEE_WORKERS_SOCKET": None, "LILBEE_WORKERS_CONFIG": None}
+    for command in (["status"], ["serve"]):
+        result = CliRunner().invoke(app, [*command, "--config", str(bad)], env=env)
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.splitlines()
+        assert any(line.strip().startswith("roles.embed.nctx: unknown key") for line in lines)
+        assert any(line.strip().startswith("roles.embed.queue_size must be > 0") for line in lines)
+    result = CliRunner().invoke(app, ["status", "--config", str(bad), "--json"], env=env)
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "config" and len(error["problems"]) == 2, error

@@ -42,3 +42,46 @@ def test_bad_config_names_the_key(text: str, match: str) -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "keys"),
+    [
+        # two unknown keys in one role
+        ('[roles.embed]\nmodel = "m"\nnctx = 5\nqueue_sise = 3\n',
+         ["roles.embed.nctx: unknown key", "roles.embed.queue_sise: unknown key"]),
+        # a wrong type, an unknown key and a bad value, across roles and the top level
+        ('soket = "/x.sock"\nmax_connections = 0\n[roles.embed]\nmodel = "m"\nn_ctx = "big"\n'
+         '[roles.chat]\nmodel = "m"\nqueue_size = 0\nkill_after_s = -1\n',
+         ["soket: unknown key", "roles.embed.n_ctx: Expected `int`", "max_connections must be > 0",
+          "roles.chat.queue_size must be > 0", "roles.chat.kill_after_s must be > 0"]),
+    ],
+)  # fmt: skip
+def test_every_bad_key_is_reported_each_naming_its_key(text: str, keys: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="w.toml")
+    message = str(caught.value)
+    assert message.startswith("w.toml: ") and all(key in message for key in keys), message
+    problems = caught.value.problems  # type: ignore[attr-defined]
+    assert len(problems) == len(keys), problems
+    for key in keys:  # each key named by exactly one line, at its start
+        assert sum(problem.startswith(key) for problem in problems) == 1, (key, problems)
+
+
+def test_a_dropped_bad_value_is_not_also_reported_as_missing() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[roles.embed]\nmodel = 5\nn_ctx = 0\n")
+    assert "n_ctx must be > 0" in str(caught.value)
+    assert caught.value.problems == [  # type: ignore[attr-defined]
+        "roles.embed.model: Expected `str`, got `int`",
+        "roles.embed.n_ctx must be > 0, got 0",
+    ]
+
+
+def test_the_problems_survive_pickling() -> None:
+    import pickle
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[roles.embed]\nmodel = "m"\nnctx = 5\nqueue_size = 0\n', source="w.toml")
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert again.problems == caught.value.problems and str(again) == str(caught.value)  # type: ignore[attr-defined]
