@@ -111,11 +111,10 @@ def _describe(model: CachedModel) -> dict[str, object]:
     except (GGUFError, OSError):
         arch = "?"
     mmproj = str(model.mmproj) if model.mmproj else None
-    roles = [
-        role
-        for role in ROLE_KINDS
-        if all(f.level == "ok" for f in check_role(role, RoleConfig(model=path, mmproj=mmproj)))
-    ]
+    # A role could use it when doctor finds nothing to say (n_ctx 1: judge the model,
+    # not a context size the config has yet to choose).
+    judged = RoleConfig(model=path, mmproj=mmproj, n_ctx=1)
+    roles = [r for r in ROLE_KINDS if all(f.level == "ok" for f in check_role(r, judged))]
     return {"name": f"{model.repo}:{model.quant}", "repo": model.repo, "quant": model.quant,
             "size": model.size, "arch": arch, "path": path, "mmproj": mmproj,
             "roles": roles}  # fmt: skip

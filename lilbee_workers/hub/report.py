@@ -27,14 +27,14 @@ from lilbee_workers.hub.download import Pulled
 class BarReport:
     """A rich progress bar per file on a terminal: size, rate, time left."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=Console(file=stream),
+            console=Console(file=stream or sys.stderr),
         )
         self.tasks: dict[str, TaskID] = {}
 
@@ -103,8 +103,8 @@ class LineReport:
 class JsonReport:
     """One JSON object per line: each note, and each file when it is verified."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout  # the one at the time of the pull
 
     def __enter__(self) -> JsonReport:
         return self
