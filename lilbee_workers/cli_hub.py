@@ -94,7 +94,7 @@ def models_local(as_json: bool) -> None:
     for column in ("model", "size", "arch", "roles"):
         table.add_column(column)
     for row in rows:
-        size = f"{int(str(row['size'])) / 2**20:.0f} MiB"
+        size = f"{int(str(row['size'])) / 2**20:.1f} MiB"
         roles = ", ".join(str(role) for role in row["roles"])  # type: ignore[attr-defined]
         table.add_row(f"hf:{row['name']}", size, str(row["arch"]), roles)
     Console().print(table)

@@ -13,7 +13,7 @@ from lilbee_workers.hub.names import HubError
 DEFAULT_QUANT = "Q4_K_M"
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})$", re.IGNORECASE)
 _LABEL = re.compile(
-    r"(?:^|[-._])((?:I?Q\d+(?:_[A-Z0-9]+)*)|B?F16|F32|TQ\d_\d|MXFP4(?:_MOE)?)(?=$|[-._])",
+    r"(?:^|[-._])((?:I?Q\d+(?:_[A-Z0-9]+)*)|B?F16|FP16|F32|FP32|TQ\d_\d|MXFP4(?:_MOE)?)(?=$|[-._])",
     re.IGNORECASE,
 )
 _PROJECTOR_PREFERENCE = ("F16", "BF16", "F32", "Q8_0")
