@@ -15,26 +15,32 @@ from hub_standin import Hub
 from daemon_helpers import DaemonProcess, write_config
 from lilbee_workers import Supervisor, SupervisorConfig
 from lilbee_workers.errors import WorkerUnavailable
+from tiny_models import png_bytes
 
 __all__ = ["hub", "second_embedder"]  # fixtures
 GEMMA = "test/gemma-3-270m-it-GGUF"
 
 
-def test_a_role_on_hf_serves_offline_and_embeds_as_llama_cpp_does_on_the_source(
-    hub: Hub, model_path: str, make_config: Callable[..., SupervisorConfig],
+def test_roles_on_hf_serve_offline_and_embed_as_llama_cpp_does_on_the_source(
+    hub: Hub, model_path: str, tiny_projector: str, make_config: Callable[..., SupervisorConfig],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     from llama_cpp import Llama
 
     hub.add(GEMMA, "gemma-3-270m-it-Q4_K_M.gguf", Path(model_path))  # served from the fixture
-    assert cli("pull", f"{GEMMA}:Q4_K_M").exit_code == 0
+    hub.add(GEMMA, "mmproj-gemma-3-270m-it-f16.gguf", Path(tiny_projector))
+    assert cli("pull", f"{GEMMA}:Q4_K_M").exit_code == 0  # the model and its projector
     fetched = len(hub.gets)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # no hub at all from here on
     texts = ["bees make honey", "the queen of the hive", "rust and python code"]
-    with Supervisor(make_config({"embed": {"model": f"hf:{GEMMA}:Q4_K_M", "n_ctx": 256}})) as sup:
+    name = f"hf:{GEMMA}:Q4_K_M"
+    roles = {"embed": {"model": name, "n_ctx": 256}, "vision": {"model": name, "mmproj": name}}
+    with Supervisor(make_config(roles)) as sup:
         got = sup.embed(texts)
-        [status] = sup.status()
+        seen = sup.vision(png_bytes(), "What is in the picture?", max_tokens=4).collect()
+        status, _ = sup.status()
+    assert seen.completion_tokens == 4 and seen.prompt_tokens > 16  # the image's 16 tokens
     assert status.model.endswith("gemma-3-270m-it-Q4_K_M.gguf") and "/snapshots/" in status.model
     assert sha256_of(status.model) == sha256_of(model_path)
     llm = Llama(model_path=model_path, embedding=True, pooling_type=1, n_ctx=256, n_batch=256,
