@@ -61,6 +61,8 @@ def endpoint() -> str:
 
 def pull(ref: ModelRef, report: PullReport) -> tuple[Choice, list[Pulled]]:
     """Download (or find cached) and verify every file ``ref`` means."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise HubError("network", "HF_HUB_OFFLINE is set: pulling needs the hub (unset it)")
     remote = list_remote(ref.repo)
     choice = choose(ref.repo, ref.quant, remote)
     wanted = [remote[check_file_name(name)] for name in choice.all_files]

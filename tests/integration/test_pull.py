@@ -120,6 +120,8 @@ def test_missing_repo_no_network_and_no_disk_space_are_said_plainly(
     offline = cli("pull", REPO)
     assert offline.exit_code == 1
     assert "cannot reach the hub at http://127.0.0.1:9: ConnectError" in offline.output
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE is set" in cli("pull", REPO).output
 
 
 def test_a_redirect_to_another_host_is_said(hub: Hub, tiny_embedder: str) -> None:
