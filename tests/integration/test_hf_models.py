@@ -128,3 +128,14 @@ def test_serve_with_auto_pull_pulls_what_is_missing_and_serves_it(
         llm.close()
     assert np.abs(vector - reference).max() < 1e-5
     assert [name for name, _ in hub.gets] == ["tiny-embed-Q4_K_M.gguf"]
+
+
+def test_a_models_entry_may_name_an_hf_model(hub: Hub, second_embedder: str) -> None:
+    from lilbee_workers import catalog
+    from lilbee_workers.config import ModelEntry, RoleConfig
+
+    assert cli("pull", f"{REPO}:Q8_0").exit_code == 0
+    config = RoleConfig(models={"small": ModelEntry(path=f"hf:{REPO}:Q8_0")})
+    path = catalog.config_for(config, "small").resolved_model()
+    assert path.endswith("/tiny-embed-Q8_0.gguf") and sha256_of(path) == sha256_of(second_embedder)
+    assert catalog.names(RoleConfig(model=f"hf:{REPO}:Q8_0")) == ["tiny-embed-GGUF:Q8_0"]

@@ -61,13 +61,21 @@ def test_a_corrupt_download_is_refused_removed_and_never_served(
         resolve(f"hf:{REPO}")
 
 
-def test_an_interrupted_transfer_is_retried_and_ends_with_the_right_hash(
-    hub: Hub, tiny_embedder: str
+def test_an_interrupted_transfer_resumes_and_ends_with_the_right_hash(
+    hub: Hub, tiny_embedder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from huggingface_hub import constants
+
+    # huggingface_hub keeps what it had received in whole chunks (10 MB); small chunks
+    # let a tiny file show the resume.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 4096)
     hub.drop_once.add("tiny-embed-Q4_K_M.gguf")  # the first GET stops halfway
     result = cli("pull", REPO, "--json")
     assert result.exit_code == 0, result.output
-    assert [name for name, _ in hub.gets] == ["tiny-embed-Q4_K_M.gguf"] * 2
+    (first, whole), (second, resumed) = hub.gets
+    assert first == second == "tiny-embed-Q4_K_M.gguf" and whole == ""
+    half = Path(tiny_embedder).stat().st_size // 2
+    assert resumed.startswith("bytes=") and 0 < int(resumed[6:-1]) <= half  # from where it was
     assert json_lines(result)[-1]["sha256"] == sha256_of(tiny_embedder)
     assert sha256_of(resolve(f"hf:{REPO}")) == sha256_of(tiny_embedder)
 
