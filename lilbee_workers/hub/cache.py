@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lilbee_workers.errors import ConfigError
 from lilbee_workers.hub.names import HubError, ModelRef, parse
-from lilbee_workers.hub.quants import Choice, choose, groups, label, projector_for
+from lilbee_workers.hub.quants import Choice, choose, groups, label, projector_for, split_count
 
 
 def cache_dir() -> Path:
@@ -63,6 +63,10 @@ def local_choice(ref: ModelRef) -> tuple[Path, Choice]:
     if where is None:
         raise HubError("not-cached", f"{ref.repo} is not in the local model cache")
     choice = choose(ref.repo, ref.quant, files)
+    shards = split_count(choice.model_file)
+    if shards and len(choice.files) != shards:  # a split model is served whole or not at all
+        raise HubError("not-cached", f"{ref} has {len(choice.files)} of its {shards} parts "
+                       "in the local model cache")  # fmt: skip
     return where, choice
 
 
@@ -73,9 +77,10 @@ def resolve(name: str, projector: bool = False) -> str:
         ref = parse(name)
         where, choice = local_choice(ref)
     except HubError as exc:
-        ref_text = name.removeprefix("hf:")
+        if exc.kind == "bad-name":
+            raise ConfigError(f"{name}: {exc.message}") from None
         raise ConfigError(f"{name}: {exc.message} ({cache_dir()}); "
-                          f"run: lilbee-workers pull {ref_text}") from None  # fmt: skip
+                          f"run: lilbee-workers pull {ref}") from None  # fmt: skip
     if projector:
         if choice.mmproj is None:
             raise ConfigError(f"{name}: no mmproj file of {ref.repo} in the local cache; "

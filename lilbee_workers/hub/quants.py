@@ -42,6 +42,14 @@ def _stem(path: str) -> str:
     return _SPLIT.sub("", name[: -len(".gguf")] if name.lower().endswith(".gguf") else name)
 
 
+def split_count(path: str) -> int:
+    """How many parts a split model's file says it has (``-00001-of-00003``: 3); 0 when
+    the file is whole."""
+    name = path.rsplit("/", 1)[-1]
+    found = _SPLIT.search(name[: -len(".gguf")] if name.lower().endswith(".gguf") else name)
+    return int(found[2]) if found else 0
+
+
 def label(path: str) -> str:
     """The quantization a file's name carries (upper case), ``""`` when none."""
     found = _LABEL.findall(_stem(path))

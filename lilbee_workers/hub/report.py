@@ -91,9 +91,9 @@ class LineReport:
         self.last = now
         began, size = self.began[file]
         rate = done / max(now - began, 1e-6)
-        left = (size - done) / rate if rate > 0 else float("inf")
+        left = f"{(size - done) / rate:.0f}s left" if rate > 0 else "time left unknown"
         self.emit(f"{file}: {100 * done / max(size, 1):.0f}% of {size / 2**20:.1f} MiB, "
-                  f"{rate / 2**20:.1f} MiB/s, {left:.0f}s left")  # fmt: skip
+                  f"{rate / 2**20:.1f} MiB/s, {left}")  # fmt: skip
 
     def finish(self, pulled: Pulled) -> None:
         state = "verified" if pulled.downloaded else "already cached, verified"

@@ -105,6 +105,9 @@ def test_a_split_model_comes_whole_and_a_vision_repo_brings_its_projector(
                      "mmproj-m-f16.gguf"]  # fmt: skip
     assert resolve(f"hf:{repo}").endswith("m-Q4_K_M-00001-of-00002.gguf")
     assert sha256_of(resolve(f"hf:{repo}", projector=True)) == sha256_of(tiny_projector)
+    Path(resolve(f"hf:{repo}")).with_name("m-Q4_K_M-00002-of-00002.gguf").unlink()
+    with pytest.raises(ConfigError, match="has 1 of its 2 parts in the local model cache"):
+        resolve(f"hf:{repo}")  # a split model is served whole or not at all
 
 
 def test_missing_repo_no_network_and_no_disk_space_are_said_plainly(

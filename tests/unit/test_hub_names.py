@@ -3,6 +3,8 @@ as ``llama-server -hf`` picks them, and which names are refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lilbee_workers.hub.names import HubError, ModelRef, check_file_name, parse
@@ -82,3 +84,17 @@ def test_split_models_come_whole_and_projectors_follow_the_model() -> None:
     assert four.mmproj == "mmproj-m-f16.gguf"  # no Q4_K_M projector: F16, the usual one
     assert choose("a/b", "q8_0", files).mmproj == "mmproj-m-Q8_0.gguf"
     assert "mmproj-m-f16.gguf" in four.all_files
+
+
+def test_a_bad_hf_name_in_a_config_is_a_config_error_without_a_pull_hint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from lilbee_workers.config import RoleConfig
+    from lilbee_workers.errors import ConfigError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="is not a model name") as bad:
+        RoleConfig(model="hf:../../etc").resolved_model()
+    assert "run:" not in str(bad.value)
+    with pytest.raises(ConfigError, match="run: lilbee-workers pull a/b:Q8_0"):
+        RoleConfig(model="hf:a/b:Q8_0").resolved_model()
