@@ -40,6 +40,8 @@ class Hub:
     port: int = 0
     gets: list[tuple[str, str]] = field(default_factory=list)
     """(path, Range header) of every file GET."""
+    tokens: list[tuple[str, str]] = field(default_factory=list)
+    """(URL path, Authorization header) of every request."""
 
     @property
     def url(self) -> str:
@@ -73,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
+        self.hub.tokens.append((path, self.headers.get("Authorization", "")))
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^/]+/?(.*)", path):
             return self._tree(m[1])
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/[^/]+", path):

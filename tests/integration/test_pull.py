@@ -161,3 +161,19 @@ def test_a_hub_file_name_that_climbs_out_is_refused(hub: Hub, tiny_embedder: str
     assert result.exit_code == 1
     assert "refusing the hub's file name '../../evil-Q4_K_M.gguf'" in result.output
     assert hub.gets == []
+
+
+def test_the_token_comes_from_the_environment_and_is_never_shown(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hf_notARealToken0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    hub.redirect = True  # the hub's redirect to another host must not carry it
+    pulled = cli("pull", REPO, "--json")
+    missing = cli("pull", "test/absent-GGUF")
+    assert pulled.exit_code == 0 and missing.exit_code == 1
+    assert secret not in pulled.output + missing.output
+    sent = {path: auth for path, auth in hub.tokens}
+    assert sent[f"/api/models/{REPO}/revision/main"] == f"Bearer {secret}"
+    cdn = [auth for path, auth in hub.tokens if path.startswith("/cdn/")]
+    assert cdn == [""]  # the download from the other host went without it
