@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lilbee_workers import cli_roles
+from lilbee_workers import cli_hub, cli_roles
 from lilbee_workers.cli_common import (
     EXIT_ERROR,
     EXIT_NOT_READY,
@@ -79,6 +79,7 @@ def serve(
     from lilbee_workers.config import default_config
     from lilbee_workers.daemon import Daemon
     from lilbee_workers.errors import ConfigError
+    from lilbee_workers.hub.autopull import pull_missing
     from lilbee_workers.logs import configure_logging
     from lilbee_workers.output import error_text
     from lilbee_workers.progress import view_for
@@ -95,6 +96,7 @@ def serve(
             settings = msgspec.structs.replace(settings, http_listen=http).validate()
         log_format = "json" if json_logs else settings.log_format
         configure_logging(settings.log_level, log_format)
+        pull_missing(settings)  # auto_pull: fetch missing hf: models (logged), else nothing
         # JSON logs are for machines: no progress lines among them.
         progress = None if log_format == "json" else view_for(sys.stderr, ends=True)
         code = Daemon(
@@ -137,11 +139,18 @@ def status(
 
 @app.command()
 def models(
-    socket_path: SocketOption = None, config: ConfigOption = None, as_json: JsonOption = False
+    socket_path: SocketOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    local: Annotated[bool, typer.Option("--local", help="List the pulled models instead.")] = False,
 ) -> None:
-    """List each role's model names: the default first, the loaded one marked."""
+    """List each role's model names: the default first, the loaded one marked.
+
+    With --local: the models `pull` put in the local cache (no daemon needed)."""
     from lilbee_workers.output import model_lines, statuses_json
 
+    if local:
+        return cli_hub.models_local(as_json)
     with daemon(socket_path, config, as_json) as client:
         statuses = client.status()
     print(statuses_json(statuses) if as_json else "\n".join(model_lines(statuses)))
@@ -239,7 +248,7 @@ def doctor(
 SERVING = ("ready", "busy", "degraded", "unloaded")
 """States of a role that takes calls (an unloaded one loads its model on the next)."""
 
-for command in cli_roles.COMMANDS:
+for command in (*cli_roles.COMMANDS, *cli_hub.COMMANDS):
     app.command()(command)
 
 

