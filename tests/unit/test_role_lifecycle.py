@@ -15,7 +15,7 @@ import pytest
 from fake_worker import Script
 
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import WorkerUnavailable
+from lilbee_workers.errors import WorkerError, WorkerUnavailable
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.queue import Respawn, RoleQueue
 from lilbee_workers.parent.replicas import ReplicaSet
@@ -276,3 +276,47 @@ def test_retired_replicas_are_let_go_once_finished(start_set) -> None:
     assert role.restart(msgspec.structs.replace(role.config, replicas=1)).wait(10)
     wait_for(lambda: not scripts[2].workers[0].alive() and not scripts[1].workers[0].alive())
     wait_for(lambda: (role.status(), role._retired)[1] == [])
+
+
+def test_resizes_and_crashes_under_load_answer_no_live_call_shutting_down(start_set) -> None:
+    """The property under churn: while the role is open, no call is answered
+    ``WorkerUnavailable`` (a live replica always exists: replica 0 is never retired)."""
+    import random
+
+    scripts = [Script(), Script(), Script()]
+    role = start_set(scripts, max_restarts=10_000)
+    config, stop, lock = role.config, threading.Event(), threading.Lock()
+    unavailable: list[Exception] = []
+    answered = [0]
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                role.submit(EMBED, block_s=5).next_frame(20)
+                with lock:
+                    answered[0] += 1
+            except WorkerUnavailable as exc:
+                unavailable.append(exc)
+            except WorkerError:
+                pass  # lost twice to the crasher: WorkerCrashed is the rule there
+
+    def crasher() -> None:
+        rng = random.Random(18)
+        while not stop.wait(0.03):
+            live = [w for s in scripts for w in s.workers if w.alive()]
+            if live:
+                rng.choice(live).crash_now()
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    threads.append(threading.Thread(target=crasher))
+    for thread in threads:
+        thread.start()
+    try:
+        for size in (1, 3, 2, 3, 1, 2, 3, 1, 3):
+            assert role.restart(msgspec.structs.replace(config, replicas=size)).wait(30)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert answered[0] > 50
+    assert unavailable == [], unavailable[:3]
