@@ -103,3 +103,29 @@ def test_supervisor_keeps_a_failed_roles_old_settings_and_names_restart_only_key
         "log_level 'debug' (running 'info')"
     ]
     assert sup.config.drain_timeout_s == 5  # applied: read at shutdown
+
+
+def test_reload_applies_connection_limits_and_names_restart_only_settings(
+    config_file: Path,
+) -> None:
+    """``max_connections`` and ``frame_timeout_s`` are documented as reloadable: the socket
+    server must see them. ``log_level`` needs a restart: named, and kept as it runs."""
+    from types import SimpleNamespace
+
+    from lilbee_workers.config import load_config
+
+    config = load_config(config_file)
+    daemon = Daemon(config, config_path=config_file)  # its Supervisor, never started
+    daemon.server = SimpleNamespace(config=config)  # type: ignore[assignment]
+    daemon.notifier = Recorder()  # type: ignore[assignment]
+    daemon.supervisor.status = lambda: []  # type: ignore[method-assign]
+    text = config_file.read_text()
+    config_file.write_text(
+        'log_level = "debug"\nmax_connections = 3\nframe_timeout_s = 2.5\n' + text
+    )
+    daemon._reload_config()
+    assert daemon.server.config.max_connections == 3  # type: ignore[attr-defined]
+    assert daemon.server.config.frame_timeout_s == 2.5  # type: ignore[attr-defined]
+    assert daemon.config.log_level == "info" == daemon.supervisor.config.log_level
+    statuses = [a for sent in daemon.notifier.sent for a in sent if a.startswith("STATUS=")]
+    assert "needs restart: log_level 'debug' (running 'info')" in statuses[-1]
