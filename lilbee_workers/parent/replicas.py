@@ -1,12 +1,13 @@
 """One role served by ``replicas`` workers side by side: each replica is a whole
-``RoleDispatcher`` (its own queue, worker, recovery and log), and this class routes
-calls between them.
+dispatcher (its own queue, worker, recovery and log; ``replica.Replica``), and this
+class routes calls between them, through the verbs a ``Replica`` offers.
 
 Routing is least-loaded (queued + running), preferring replicas that serve the model
 the call names, and never a replica being restarted while another serves. A call lost
 with its replica's worker is handed at once to another live replica (its one retry),
 instead of waiting for the lost worker's restart. ``restart`` and reload roll through
-the replicas one at a time, so the role keeps serving throughout.
+the replicas one at a time, so the role keeps serving throughout; they, resizes and
+model loads are run one at a time by the role's ``RoleOwner``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
-from lilbee_workers.parent.queue import Close, Recover
+from lilbee_workers.parent.replica import Replica
 from lilbee_workers.parent.replica_status import merge, role_state
 from lilbee_workers.parent.role_owner import Job, Outcome, RoleOwner
 from lilbee_workers.transport.frames import Request
@@ -55,16 +56,16 @@ class ReplicaSet:
         self._log_max_bytes = log_max_bytes
         self._new_worker = new_worker
         self._lock = threading.Lock()  # guards _replicas, _retired, _restarting, _closed
-        self._restarting: set[RoleDispatcher] = set()
-        self._retired: list[RoleDispatcher] = []  # closed by a reload; joined at the end
+        self._restarting: set[Replica] = set()
+        self._retired: list[Replica] = []  # closed by a reload; joined at the end
         self._closed = False
         self._turn = itertools.count()
         self._owner = RoleOwner(role)  # restarts, reloads, resizes, loads: one at a time
         self._replicas = [self._make(i, config) for i in range(config.replicas)]
 
-    def _make(self, replica: int, config: RoleConfig) -> RoleDispatcher:
+    def _make(self, replica: int, config: RoleConfig) -> Replica:
         factory = self._new_worker(replica) if self._new_worker is not None else None
-        return RoleDispatcher(
+        return Replica(
             self.role,
             config,
             self._log_dir,
@@ -76,7 +77,7 @@ class ReplicaSet:
         )
 
     @property
-    def replicas(self) -> list[RoleDispatcher]:
+    def replicas(self) -> list[Replica]:
         with self._lock:
             return list(self._replicas)
 
@@ -138,7 +139,7 @@ class ReplicaSet:
     def run_now(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
         return self._admit(request, lambda replica: replica.run_now(request, block_s, timeout))
 
-    def _admit(self, request: Request, admit: Callable[[RoleDispatcher], Call]) -> Call:
+    def _admit(self, request: Request, admit: Callable[[Replica], Call]) -> Call:
         """Give the call to the replica routing picks. One retired between the choice and
         the admission refuses it: the call goes to another (a retired replica has left
         the list, so this ends), never answered "shutting down" while a replica serves."""
@@ -147,10 +148,10 @@ class ReplicaSet:
             try:
                 return admit(replica)
             except WorkerUnavailable:
-                if not replica.queue.retiring or self._closed:
+                if not replica.retiring or self._closed:
                     raise
 
-    def _route(self, request: Request, avoid: RoleDispatcher | None = None) -> RoleDispatcher:
+    def _route(self, request: Request, avoid: Replica | None = None) -> Replica:
         """The replica for a call: not refusing (failed, cooling down) nor full; serving
         before coming back (starting, unloaded, failed and cooled down); not being
         restarted; the model it names loaded; the fewest calls queued and running; in
@@ -166,13 +167,9 @@ class ReplicaSet:
         start = next(self._turn) % len(replicas)
         rotated = replicas[start:] + replicas[:start]
 
-        def cost(replica: RoleDispatcher) -> tuple[bool, bool, bool, bool, bool, int]:
-            queued, running = replica.queue.counts()
-            state, life = replica.state, replica.life
-            cooling = state == RoleState.FAILED and life.policy.cooling_down()
-            switch = life.wanted(request) != life.model_name
-            return (cooling, queued >= replica.queue.size, not state.serving,
-                    replica in restarting, switch, queued + running)  # fmt: skip
+        def cost(replica: Replica) -> tuple[bool, bool, bool, bool, bool, int]:
+            cooling, full, down, switch, load = replica.route_cost(request)
+            return cooling, full, down, replica in restarting, switch, load
 
         return min(rotated, key=cost)
 
@@ -181,6 +178,7 @@ class ReplicaSet:
         its line (their one retry), and move the calls queued behind them too. False
         when no other replica serves: the calls then wait for their replica's restart
         (a retired replica's too: it restarts its worker for them before it ends)."""
+        assert isinstance(lost_on, Replica)  # every dispatcher of the set is one
         with self._lock:
             others = [r for r in self._replicas if r is not lost_on and r.state.serving]
         if not others:
@@ -189,29 +187,29 @@ class ReplicaSet:
         if target not in others:
             target = others[0]
         for call in reversed(calls):  # appendleft: keep their order
-            if not target.queue.take_over(call) and not self._place(call, lost_on):
+            if not target.take_over(call) and not self._place(call, lost_on):
                 call.fail(lost_on.shutting_down_error())
         self._move_queued(lost_on)
-        if not lost_on.queue.retiring:  # a retired replica needs no fresh worker
-            lost_on.queue.post(Recover(calls))  # runs once the lost call releases its role
+        if not lost_on.retiring:  # a retired replica needs no fresh worker
+            lost_on.recover_after(calls)  # runs once the lost call releases its role
         return True
 
-    def _move_queued(self, source: RoleDispatcher) -> None:
+    def _move_queued(self, source: Replica) -> None:
         """Calls waiting on ``source`` (lost, restarting or retired) go to the other
         replicas; each keeps its retry. With nowhere else to go, they stay."""
-        for call in reversed(source.queue.take_calls()):  # appendleft: keep their order
+        for call in reversed(source.take_queued()):  # appendleft: keep their order
             if not self._place(call, source):
                 call.fail(source.shutting_down_error())
 
-    def _place(self, call: Call, leaving: RoleDispatcher) -> bool:
+    def _place(self, call: Call, leaving: Replica) -> bool:
         """Put ``call`` at the head of a live replica's line, ``leaving`` last. A target
         that refuses is being retired (it has left the list) or the set is closing."""
         for _ in range(_MAX_REPLICAS + 1):
-            if self._route(call.request, avoid=leaving).queue.take_over(call):
+            if self._route(call.request, avoid=leaving).take_over(call):
                 return True
             if self._closed:
                 return False
-        return leaving.queue.take_over(call)
+        return leaving.take_over(call)
 
     # ------------------------------------------------------------------ controls
 
@@ -298,9 +296,9 @@ class ReplicaSet:
                     return
                 retired = self._replicas.pop()  # routing no longer sees it
                 self._retired.append(retired)
-            retired.queue.retire()
+            retired.retire()
             self._move_queued(retired)
-            retired.queue.post(Close())
+            retired.stop_when_idle()
 
     def _prune_retired(self) -> None:
         """Forget retired replicas whose thread has ended (they are kept until then, so
@@ -317,8 +315,8 @@ class ReplicaSet:
         return outcome.error or WorkerUnavailable(outcome.reason, role=self.role)
 
     def _load_each(self, model: str) -> Outcome:
-        previous = self.replicas[0].life.default_model
-        switched: list[RoleDispatcher] = []
+        previous = self.replicas[0].default_model
+        switched: list[Replica] = []
         for replica in self.replicas:
             control = replica.load(model)
             control.done.wait()
@@ -353,5 +351,5 @@ class ReplicaSet:
         return merge(self.role, each, [r.stats.latency_window() for r in replicas])
 
 
-def _why(replica: RoleDispatcher) -> str:
-    return f"replica {replica.replica}: {replica.life.failed_reason or replica.state.value}"
+def _why(replica: Replica) -> str:
+    return f"replica {replica.replica}: {replica.failed_reason or replica.state.value}"
