@@ -202,7 +202,7 @@ class Daemon:
             if self.http_listen_flag is not None:  # the flag still wins over the file
                 new = msgspec.structs.replace(new, http_listen=self.http_listen_flag)
             apply_http = self.http.reload(new) if self.http is not None else None
-            changed = self.supervisor.reload(new)
+            result = self.supervisor.reload(new)
         except (ConfigError, InvalidRequest) as exc:
             log.error("reload rejected; the old config keeps serving", error=str(exc))
             if not self._stop.is_set():
@@ -214,12 +214,24 @@ class Daemon:
             needs_restart = [f"http_listen {new.http_listen} (HTTP is off)"]
         else:
             needs_restart = []
-        self.config = new
+        needs_restart = result.needs_restart + needs_restart
+        self.config = self.supervisor.config  # what runs: the next reload compares with it
+        if self.server is not None:
+            self.server.config = self.config  # max_connections, frame_timeout_s
         if needs_restart:
             log.warning("reload: these settings need a daemon restart", settings=needs_restart)
-        log.info("config reloaded", restarted=changed, needs_restart=needs_restart)
+        failed = [f"{role} {why}" for role, why in result.failed.items()]
+        if failed:
+            log.error("reload partly applied: these roles kept their old settings", failed=failed)
+        log.info(
+            "config reloaded" if not failed else "config reloaded in part",
+            restarted=result.restarted,
+            failed=sorted(result.failed),
+            needs_restart=needs_restart,
+        )
         if not self._stop.is_set():
             pending = f"needs restart: {', '.join(needs_restart)}; " if needs_restart else ""
+            pending = (f"reload failed: {'; '.join(failed)}; " if failed else "") + pending
             self.notifier.ready(pending + self._status_line())
 
     # ------------------------------------------------------------------ shutdown

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from lilbee_workers.api import CallHandle, WorkerAPI
@@ -22,6 +24,29 @@ from lilbee_workers.transport.frames import AnyFrame, Request
 from lilbee_workers.types import RoleStatus
 
 log = structlog.get_logger("lilbee_workers.supervisor")
+
+RESTART_ONLY = (
+    "socket",
+    "socket_mode",
+    "socket_group",
+    "log_dir",
+    "log_format",
+    "log_level",
+    "max_frame_bytes",
+    "log_max_bytes",
+)
+"""Settings a reload cannot apply (they shape the socket, the logs, or each worker's
+pipes when it starts): they keep their running values until the daemon restarts."""
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did: the roles now on their new settings; the roles it could not
+    move, and why (each rolled back, or not); settings that need a daemon restart."""
+
+    restarted: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    needs_restart: list[str] = field(default_factory=list)
 
 
 class Supervisor(WorkerAPI):
@@ -185,10 +210,10 @@ class Supervisor(WorkerAPI):
                     f"no role {name!r} to restart (configured: {', '.join(self._dispatchers)},"
                     " or all)"
                 )
-        done = [self._dispatcher(name).restart() for name in roles]
-        if wait:
-            for event in done:
-                event.wait()
+        jobs = [self._dispatcher(name).restart() for name in roles]
+        if wait:  # a failed restart shows in the status: the role is failed, and why
+            for job in jobs:
+                job.wait()
         return [self._dispatchers[name].status() for name in roles]
 
     def load(self, role: str, model: str) -> list[RoleStatus]:
@@ -206,21 +231,42 @@ class Supervisor(WorkerAPI):
         dispatcher.unload()
         return [dispatcher.status()]
 
-    def reload(self, config: SupervisorConfig) -> list[str]:
+    def reload(self, config: SupervisorConfig) -> ReloadResult:
         """Apply a new config: restart (draining first) only the roles whose settings
-        changed. Adding or removing roles needs a full restart. Returns the roles
-        restarted."""
+        changed, each through its role's owner. A role whose new settings cannot start
+        is rolled back to its old ones and keeps them in ``self.config``, so the same
+        reload sent again tries it again. Settings only a restart applies keep their
+        running values (named in ``needs_restart``). Adding or removing roles, or
+        changing the backend, is refused."""
         config.validate()
         if set(config.roles) != set(self.config.roles):
             raise InvalidRequest("reload cannot add or remove roles; restart the daemon")
         if (config.backend, config.ray_address) != (self.config.backend, self.config.ray_address):
             raise InvalidRequest("reload cannot change backend or ray_address; restart the daemon")
-        changed = [role for role, new in config.roles.items() if new != self.config.roles[role]]
-        events = [self._dispatchers[role].restart(config.roles[role]) for role in changed]
-        self.config = config
-        for event in events:
-            event.wait()
-        return changed
+        old = self.config
+        changed = [role for role, new in config.roles.items() if new != old.roles[role]]
+        jobs = {role: self._dispatchers[role].restart(config.roles[role]) for role in changed}
+        failed: dict[str, str] = {}
+        for role, job in jobs.items():
+            outcome = job.result()
+            if not outcome.ok:
+                back = (
+                    "rolled back to the old settings" if outcome.rolled_back else "NOT rolled back"
+                )
+                failed[role] = f"{outcome.reason} ({back})"
+                log.error("reload of a role failed", role=role, why=failed[role])
+        roles = {
+            role: old.roles[role] if role in failed else new for role, new in config.roles.items()
+        }
+        running = {key: getattr(old, key) for key in RESTART_ONLY}
+        needs_restart = [
+            f"{key} {getattr(config, key)!r} (running {value!r})"
+            for key, value in running.items()
+            if getattr(config, key) != value
+        ]
+        self.config = msgspec.structs.replace(config, roles=roles, **running)
+        restarted = [role for role in changed if role not in failed]
+        return ReloadResult(restarted, failed, needs_restart)
 
     def worker_pid(self, role: str) -> int | None:
         """The pid of a role's current worker (None when it has none)."""

@@ -120,7 +120,7 @@ class FakeWorker:
         while not self._dead.is_set():
             try:
                 request = self._theirs.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, TypeError):  # TypeError: closed under us by _die
                 return
             assert isinstance(request, (EmbedRequest, ChatRequest, BatchRequest))
             self.requests.append(request)
@@ -133,7 +133,10 @@ class FakeWorker:
             if behaviour == "hang":
                 self._dead.wait()
                 return
-            self._theirs.send(self._reply(request, behaviour))
+            try:
+                self._theirs.send(self._reply(request, behaviour))
+            except OSError:  # crashed (closed) while it answered
+                return
 
     def _reply(self, request: Request, behaviour: Behaviour) -> Any:
         if behaviour == "error":

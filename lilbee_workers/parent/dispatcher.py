@@ -169,6 +169,10 @@ class RoleDispatcher:
             self._thread.join(10)
         return not self._thread.is_alive()
 
+    def finished(self) -> bool:
+        """The dispatcher thread has ended (after close): nothing of this replica runs."""
+        return self._thread.ident is not None and not self._thread.is_alive()
+
     def healthy(self) -> bool:
         """The dispatcher (and standby) thread runs, and the current worker is watched."""
         worker, standby = self.worker, self.life.standby
@@ -200,27 +204,30 @@ class RoleDispatcher:
             self.started.set()
             self.queue.release()
         while True:
-            idle = self.life.wake_in()
-            if idle is not None and self.queue.counts()[1]:  # a caller's thread runs a call
-                idle = self.config.keep_alive_s
-            item = self.queue.next_item(idle)
-            if item is None:
-                self.life.on_idle()
-                continue
+            item: Control | Call | None = None
             try:
-                if isinstance(item, Close):
+                idle = self.life.wake_in()  # in the try: an error here must not end the thread
+                if idle is not None and self.queue.counts()[1]:  # a caller's thread runs a call
+                    idle = self.config.keep_alive_s
+                item = self.queue.next_item(idle)
+                if item is None:
+                    self.life.on_idle()
+                elif isinstance(item, Close):
                     self._shut_down()
                     return
-                self._handle(item)
+                else:
+                    self._handle(item)
             except Exception as exc:
                 # Nothing may end this thread but close: log, count, answer what was
                 # waiting on this step, and go on serving.
                 self.stats.internal_error()
-                log.exception("dispatcher step failed", role=self.role, step=type(item).__name__)
+                step = type(item).__name__ if item is not None else "idle"
+                log.exception("dispatcher step failed", role=self.role, step=step)
                 if isinstance(item, Call) and not item.finished:
                     item.fail(WorkerError(f"{self.role}: internal error: {exc!r}", role=self.role))
                 if isinstance(item, Close):
                     return
+                self.queue.sleep(0.5 if item is None else 0)  # a failing idle step: no spin
 
     def _handle(self, item: Control | Call) -> None:
         """One step of the dispatcher thread. Every waiter is released even if it fails."""
@@ -357,6 +364,7 @@ class RoleDispatcher:
         return control
 
     def _shut_down(self) -> None:
+        self.queue.close()  # a retired replica's too: nothing is taken after this
         for call in self.queue.take_calls():
             call.fail(self.shutting_down_error())
         self.queue.refuse_controls()

@@ -32,7 +32,7 @@ from lilbee_workers.parent.queue import (
     Unload,
     WorkerExited,
 )
-from lilbee_workers.parent.standby import Standby
+from lilbee_workers.parent.standby import Standby, renewed
 from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState
@@ -77,7 +77,7 @@ class RoleLifecycle:
         self.recovers_alone = False
         """A replica: once failed, it starts again after its cool-down, unasked."""
 
-    def start_standby(self) -> None:
+    def start_standby(self) -> Standby:
         """Keep a loaded spare beside the worker (``standby = true``)."""
         self.standby = Standby(
             self.role,
@@ -87,6 +87,7 @@ class RoleLifecycle:
             busy=lambda: self.queue.counts() != (0, 0),
         )
         self.standby.start()
+        return self.standby
 
     def has_live_worker(self) -> bool:
         worker = self.worker
@@ -336,9 +337,9 @@ class RoleLifecycle:
         self.state = RoleState.DRAINING
         if self.worker is not None:
             self.worker.stop(self.config.cancel_grace_s)
-        spare = self.standby.take() if self.standby is not None else None
-        if spare is not None:  # loaded with the old settings: the standby loads anew
-            spare.stop(self.config.cancel_grace_s)
+        self.standby = renewed(
+            self.standby, self.config.standby, self.config.cancel_grace_s, self.start_standby
+        )
         self.start_worker(after_crash=False)
 
     def fail(self, reason: str, log_tail: str) -> None:

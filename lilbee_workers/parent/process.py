@@ -343,6 +343,9 @@ class WorkerProcess:
             self.kill(f"did not stop within {grace_s:g}s")
             self.join(5)
         self.close_data()
+        monitor = self._monitor_thread  # its "worker exited" line, before a shutdown ends
+        if monitor is not None and monitor is not threading.current_thread():
+            monitor.join(5)
 
     def close_data(self) -> None:
         """The owner is done with this worker: close the data pipe (the monitor thread

@@ -87,9 +87,12 @@ Control = Restart | Respawn | Load | Unload | Recover | Close | WorkerExited
 
 
 def refuse(control: Control, role: str) -> None:
-    """Release whoever waits on ``control``: the role is shutting down."""
-    if isinstance(control, Load):
+    """Release whoever waits on ``control``: the role is shutting down. A load or a
+    respawn gets the reason, so that nobody reads a refused switch as done."""
+    if isinstance(control, (Load, Respawn)):
         control.error = WorkerUnavailable(f"{role} is shutting down", role=role)
+    if isinstance(control, Respawn):
+        control.ok = False
     if not isinstance(control, (Close, WorkerExited)):
         control.done.set()
 
@@ -108,6 +111,9 @@ class RoleQueue:
         self.size = size
         self.cond = threading.Condition()
         self.closing = False
+        self.retiring = False
+        """A replica being retired: it takes no new call (they go to the others) but
+        finishes, and may still retry on another replica, the call it runs."""
         self._calls: deque[Call] = deque()
         self._controls: deque[Control] = deque()
         # What holds the role: the call running on the worker, or _LIFECYCLE. Held from
@@ -141,9 +147,9 @@ class RoleQueue:
 
     def take_over(self, call: Call) -> bool:
         """Put a call lost on another replica at the head of the line, past the size
-        bound (it was admitted once); False if this role is closing."""
+        bound (it was admitted once); False if this role is closing or retiring."""
         with self.cond:
-            if self.closing:
+            if self.closing or self.retiring:
                 return False
             self._calls.appendleft(call)
             self.cond.notify_all()
@@ -152,7 +158,7 @@ class RoleQueue:
     def _admit(self, block_s: float, refuse: Callable[[], WorkerError | None]) -> None:
         deadline = time.monotonic() + block_s
         while True:
-            if self.closing:
+            if self.closing or self.retiring:
                 raise WorkerUnavailable(f"{self.role} is shutting down", role=self.role)
             error = refuse()
             if error is not None:
@@ -194,6 +200,12 @@ class RoleQueue:
     def close(self) -> None:
         with self.cond:
             self.closing = True
+            self.cond.notify_all()
+
+    def retire(self) -> None:
+        """Take no more calls (``retiring``); the caller moves the queued ones."""
+        with self.cond:
+            self.retiring = True
             self.cond.notify_all()
 
     def counts(self) -> tuple[int, int]:

@@ -1,12 +1,13 @@
 """One role served by ``replicas`` workers side by side: each replica is a whole
-``RoleDispatcher`` (its own queue, worker, recovery and log), and this class routes
-calls between them.
+dispatcher (its own queue, worker, recovery and log; ``replica.Replica``), and this
+class routes calls between them, through the verbs a ``Replica`` offers.
 
 Routing is least-loaded (queued + running), preferring replicas that serve the model
 the call names, and never a replica being restarted while another serves. A call lost
 with its replica's worker is handed at once to another live replica (its one retry),
 instead of waiting for the lost worker's restart. ``restart`` and reload roll through
-the replicas one at a time, so the role keeps serving throughout.
+the replicas one at a time, so the role keeps serving throughout; they, resizes and
+model loads are run one at a time by the role's ``RoleOwner``.
 """
 
 from __future__ import annotations
@@ -14,36 +15,27 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from lilbee_workers.config import RoleConfig
-from lilbee_workers.errors import WorkerError
+from lilbee_workers.errors import WorkerError, WorkerUnavailable
 from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.parent.calls import Call
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
 from lilbee_workers.parent.quarantine import Quarantine
-from lilbee_workers.parent.queue import Close, Recover
-from lilbee_workers.parent.stats import percentile
+from lilbee_workers.parent.replica import Replica
+from lilbee_workers.parent.replica_status import merge, role_state
+from lilbee_workers.parent.role_owner import Job, Outcome, RoleOwner
 from lilbee_workers.transport.frames import Request
 from lilbee_workers.types import RoleState, RoleStatus
 
 log = structlog.get_logger("lilbee_workers.replicas")
 
-_NOT_SERVING_ORDER = (
-    RoleState.RESTARTING,
-    RoleState.STARTING,
-    RoleState.DRAINING,
-    RoleState.CRASHED,
-    RoleState.UNLOADED,
-    RoleState.FAILED,
-    RoleState.STOPPED,
-)
-"""Which state a role with no serving replica shows: the most hopeful first."""
+_MAX_REPLICAS = 64
 
 
 class ReplicaSet:
@@ -65,16 +57,17 @@ class ReplicaSet:
         self._log_max_bytes = log_max_bytes
         self._new_worker = new_worker
         self._lock = threading.Lock()  # guards _replicas, _retired, _restarting, _closed
-        self._restarting: set[RoleDispatcher] = set()
-        self._retired: list[RoleDispatcher] = []  # closed by a reload; joined at the end
+        self._restarting: set[Replica] = set()
+        self._retired: list[Replica] = []  # closed by a reload; joined at the end
         self._closed = False
         self._turn = itertools.count()
         self.quarantine = Quarantine(role)  # one for the role: a poison is poison on any replica
+        self._owner = RoleOwner(role)  # restarts, reloads, resizes, loads: one at a time
         self._replicas = [self._make(i, config) for i in range(config.replicas)]
 
-    def _make(self, replica: int, config: RoleConfig) -> RoleDispatcher:
+    def _make(self, replica: int, config: RoleConfig) -> Replica:
         factory = self._new_worker(replica) if self._new_worker is not None else None
-        return RoleDispatcher(
+        return Replica(
             self.role,
             config,
             self._log_dir,
@@ -87,7 +80,7 @@ class ReplicaSet:
         )
 
     @property
-    def replicas(self) -> list[RoleDispatcher]:
+    def replicas(self) -> list[Replica]:
         with self._lock:
             return list(self._replicas)
 
@@ -106,7 +99,7 @@ class ReplicaSet:
 
     @property
     def state(self) -> RoleState:
-        return _role_state([replica.state for replica in self.replicas])
+        return role_state([replica.state for replica in self.replicas])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,6 +120,7 @@ class ReplicaSet:
         with self._lock:  # a reload adding replicas now adds none
             self._closed = True
             replicas = [*self._replicas, *self._retired]
+        self._owner.close()
         for replica in replicas:
             replica.close()
 
@@ -134,7 +128,8 @@ class ReplicaSet:
         deadline = time.monotonic() + timeout
         with self._lock:
             replicas = [*self._replicas, *self._retired]
-        return all([r.join(max(0.0, deadline - time.monotonic())) for r in replicas])
+        joined = [r.join(max(0.0, deadline - time.monotonic())) for r in replicas]
+        return all(joined) and self._owner.join(max(0.0, deadline - time.monotonic()))
 
     def healthy(self) -> bool:
         return all(replica.healthy() for replica in self.replicas)
@@ -142,12 +137,24 @@ class ReplicaSet:
     # ------------------------------------------------------------------ calls
 
     def submit(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
-        return self._route(request).submit(request, block_s, timeout)
+        return self._admit(request, lambda replica: replica.submit(request, block_s, timeout))
 
     def run_now(self, request: Request, block_s: float = 0.0, timeout: float | None = None) -> Call:
-        return self._route(request).run_now(request, block_s, timeout)
+        return self._admit(request, lambda replica: replica.run_now(request, block_s, timeout))
 
-    def _route(self, request: Request, avoid: RoleDispatcher | None = None) -> RoleDispatcher:
+    def _admit(self, request: Request, admit: Callable[[Replica], Call]) -> Call:
+        """Give the call to the replica routing picks. One retired between the choice and
+        the admission refuses it: the call goes to another (a retired replica has left
+        the list, so this ends), never answered "shutting down" while a replica serves."""
+        while True:
+            replica = self._route(request)
+            try:
+                return admit(replica)
+            except WorkerUnavailable:
+                if not replica.retiring or self._closed:
+                    raise
+
+    def _route(self, request: Request, avoid: Replica | None = None) -> Replica:
         """The replica for a call: not refusing (failed, cooling down) nor full; serving
         before coming back (starting, unloaded, failed and cooled down); not being
         restarted; the model it names loaded; the fewest calls queued and running; in
@@ -163,20 +170,18 @@ class ReplicaSet:
         start = next(self._turn) % len(replicas)
         rotated = replicas[start:] + replicas[:start]
 
-        def cost(replica: RoleDispatcher) -> tuple[bool, bool, bool, bool, bool, int]:
-            queued, running = replica.queue.counts()
-            state, life = replica.state, replica.life
-            cooling = state == RoleState.FAILED and life.policy.cooling_down()
-            switch = life.wanted(request) != life.model_name
-            return (cooling, queued >= replica.queue.size, not state.serving,
-                    replica in restarting, switch, queued + running)  # fmt: skip
+        def cost(replica: Replica) -> tuple[bool, bool, bool, bool, bool, int]:
+            cooling, full, down, switch, load = replica.route_cost(request)
+            return cooling, full, down, replica in restarting, switch, load
 
         return min(rotated, key=cost)
 
     def _hand_over(self, calls: list[Call], lost_on: RoleDispatcher) -> bool:
         """Give calls whose worker was lost to another serving replica, at the head of
         its line (their one retry), and move the calls queued behind them too. False
-        when no other replica serves: the calls then wait for their replica's restart."""
+        when no other replica serves: the calls then wait for their replica's restart
+        (a retired replica's too: it restarts its worker for them before it ends)."""
+        assert isinstance(lost_on, Replica)  # every dispatcher of the set is one
         with self._lock:
             others = [r for r in self._replicas if r is not lost_on and r.state.serving]
         if not others:
@@ -185,112 +190,161 @@ class ReplicaSet:
         if target not in others:
             target = others[0]
         for call in reversed(calls):  # appendleft: keep their order
-            if not target.queue.take_over(call):
-                call.fail(target.shutting_down_error())
+            if not target.take_over(call) and not self._place(call, lost_on):
+                call.fail(lost_on.shutting_down_error())
         self._move_queued(lost_on)
-        lost_on.queue.post(Recover(calls))  # runs once the lost call releases its role
+        if not lost_on.retiring:  # a retired replica needs no fresh worker
+            lost_on.recover_after(calls)  # runs once the lost call releases its role
         return True
 
-    def _move_queued(self, source: RoleDispatcher) -> None:
+    def _move_queued(self, source: Replica) -> None:
         """Calls waiting on ``source`` (lost, restarting or retired) go to the other
         replicas; each keeps its retry. With nowhere else to go, they stay."""
-        for call in source.queue.take_calls():
-            target = self._route(call.request, avoid=source)
-            if not target.queue.take_over(call) and not source.queue.take_over(call):
+        for call in reversed(source.take_queued()):  # appendleft: keep their order
+            if not self._place(call, source):
                 call.fail(source.shutting_down_error())
+
+    def _place(self, call: Call, leaving: Replica) -> bool:
+        """Put ``call`` at the head of a live replica's line, ``leaving`` last. A target
+        that refuses is being retired (it has left the list) or the set is closing."""
+        for _ in range(_MAX_REPLICAS + 1):
+            if self._route(call.request, avoid=leaving).take_over(call):
+                return True
+            if self._closed:
+                return False
+        return leaving.take_over(call)
 
     # ------------------------------------------------------------------ controls
 
-    def restart(self, config: RoleConfig | None = None) -> threading.Event:
+    def restart(self, config: RoleConfig | None = None) -> Job:
         """Restart the replicas one at a time (each drains first), with ``config`` if
-        given, adding or removing replicas to match it; the event is set when done."""
-        done = threading.Event()
-        replicas = self.replicas
-        if len(replicas) == 1 and (config is None or config.replicas == 1):
-            return replicas[0].restart(config)
-        thread = threading.Thread(
-            target=self._roll, args=(config, done), name=f"restart-{self.role}", daemon=True
+        given, adding or removing replicas to match it. Run by the role's owner after
+        any lifecycle step before it; the same restart asked again while this one waits
+        is this one. Wait on the job, then read its ``outcome``."""
+        key = "same settings" if config is None else config
+        return self._owner.run("restart", lambda: self._roll(config), key=key)
+
+    def _roll(self, config: RoleConfig | None) -> Outcome:
+        """A restart or reload: with new settings, all replicas end on them, or, if one
+        cannot start with them, all are rolled back to the old ones."""
+        self._prune_retired()
+        if config is None:
+            return self._restart_each(None)
+        old = self.config
+        self._shrink(config.replicas)  # before the roll: no restart for a replica leaving
+        outcome = self._restart_each(config)
+        if outcome.ok:
+            outcome = self._grow(config)
+        if outcome.ok or self._closed:
+            return outcome
+        log.error(
+            "reload failed on a replica: rolling every replica back to the old settings",
+            role=self.role,
+            why=outcome.reason,
         )
-        thread.start()
-        return done
+        self._shrink(old.replicas)
+        back = self._restart_each(old, only_if_not=old)
+        if back.ok:
+            back = self._grow(old)
+        reason = outcome.reason + ("" if back.ok else f"; the roll back failed too: {back.reason}")
+        return Outcome(ok=False, reason=reason, rolled_back=back.ok)
 
-    def _roll(self, config: RoleConfig | None, done: threading.Event) -> None:
-        try:
-            for replica in self.replicas:
-                old = replica.config
-                with self._lock:
-                    if self._closed:
-                        return
-                    self._restarting.add(replica)
-                try:
+    def _restart_each(
+        self, config: RoleConfig | None, only_if_not: RoleConfig | None = None
+    ) -> Outcome:
+        """Restart the replicas in turn (those not on ``only_if_not`` already); stop at
+        the first that fails and say why."""
+        replicas = self.replicas
+        for replica in replicas:
+            if only_if_not is not None and replica.config == only_if_not:
+                continue
+            with self._lock:
+                if self._closed:
+                    return Outcome(ok=False, reason=f"{self.role} is shutting down")
+                self._restarting.add(replica)
+            try:
+                if len(replicas) > 1:
                     self._move_queued(replica)  # the others serve them meanwhile
-                    replica.restart(config).wait()
-                finally:
-                    with self._lock:
-                        self._restarting.discard(replica)
-                if config is not None and replica.state == RoleState.FAILED:
-                    why = replica.life.failed_reason
-                    log.error(
-                        "rolling restart stopped: a replica failed with the new "
-                        "settings; it is back on the old",
-                        role=self.role,
-                        why=why,
-                    )
-                    replica.restart(old).wait()
-                    return
-            if config is not None:
-                self._resize(config)
-        except Exception:  # nothing dies quietly: the role keeps the replicas it has
-            log.exception("rolling restart failed", role=self.role)
-        finally:
-            done.set()
+                replica.restart(config).wait()
+            finally:
+                with self._lock:
+                    self._restarting.discard(replica)
+            if replica.state == RoleState.FAILED:
+                return Outcome(ok=False, reason=_why(replica))
+        return Outcome()
 
-    def _resize(self, config: RoleConfig) -> None:
-        """Start or retire replicas to match ``config.replicas`` (none once closed)."""
+    def _grow(self, config: RoleConfig) -> Outcome:
+        """Start replicas until there are ``config.replicas`` (none once closed)."""
         with self._lock:
             count = len(self._replicas)
         for index in range(count, config.replicas):
             replica = self._make(index, config)
             with self._lock:
                 if self._closed:
-                    return
+                    return Outcome(ok=False, reason=f"{self.role} is shutting down")
                 self._replicas.append(replica)  # close() now closes it too
             replica.start()
             replica.started.wait()
+            if replica.state == RoleState.FAILED:
+                return Outcome(ok=False, reason=_why(replica))
+        return Outcome()
+
+    def _shrink(self, count: int) -> None:
+        """Retire replicas until ``count`` are left: each takes no new call, its queued
+        calls move to the others, and it stops once its call in flight is answered (a
+        call lost there is retried on another replica)."""
         while True:
             with self._lock:
-                if len(self._replicas) <= config.replicas or self._closed:
+                if len(self._replicas) <= count or self._closed:
                     return
-                retired = self._replicas.pop()
+                retired = self._replicas.pop()  # routing no longer sees it
                 self._retired.append(retired)
-            retired.queue.close()
+            retired.retire()
             self._move_queued(retired)
-            retired.queue.post(Close())
+            retired.stop_when_idle()
+
+    def _prune_retired(self) -> None:
+        """Forget retired replicas whose thread has ended (they are kept until then, so
+        that close joins them)."""
+        with self._lock:
+            self._retired = [r for r in self._retired if not r.finished()]
 
     def load(self, model: str) -> WorkerError | None:
         """Make ``model`` the default on every replica, one at a time; if one cannot
         load it, the replicas already switched go back to the previous default."""
-        previous = self.replicas[0].life.default_model
-        switched: list[RoleDispatcher] = []
+        outcome = self._owner.run("load", lambda: self._load_each(model)).result()
+        if outcome.ok:
+            return None
+        return outcome.error or WorkerUnavailable(outcome.reason, role=self.role)
+
+    def _load_each(self, model: str) -> Outcome:
+        previous = self.replicas[0].default_model
+        switched: list[Replica] = []
         for replica in self.replicas:
             control = replica.load(model)
             control.done.wait()
             if control.error is not None:
                 for back in switched:
                     back.load(previous).done.wait()
-                return control.error
+                return Outcome(ok=False, reason=str(control.error), error=control.error)
             switched.append(replica)
-        return None
+        return Outcome()
 
     def unload(self) -> None:
         """Stop every replica's worker (freeing their memory)."""
-        for event in [replica.unload() for replica in self.replicas]:
-            event.wait()
+
+        def unload_each() -> Outcome:
+            for event in [replica.unload() for replica in self.replicas]:
+                event.wait()
+            return Outcome()
+
+        self._owner.run("unload", unload_each).wait()
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> RoleStatus:
         """The role as a whole; with several replicas, each one's own in ``replicas``."""
+        self._prune_retired()
         replicas = self.replicas
         if len(replicas) == 1:
             return replicas[0].status()
@@ -300,62 +354,5 @@ class ReplicaSet:
         return merge(self.role, each, [r.stats.latency_window() for r in replicas])
 
 
-def _role_state(states: list[RoleState]) -> RoleState:
-    """All serving: ready (busy if any is); some: degraded; none: the most hopeful."""
-    serving = [state for state in states if state.serving]
-    if len(serving) == len(states):
-        return RoleState.BUSY if RoleState.BUSY in serving else RoleState.READY
-    if serving:
-        return RoleState.DEGRADED
-    return next((s for s in _NOT_SERVING_ORDER if s in states), states[0])
-
-
-_SUMMED = (
-    "restarts",
-    "generation",
-    "in_flight",
-    "queued",
-    "served",
-    "errors",
-    "cancelled",
-    "retried",
-    "retried_ok",
-    "rss_bytes",
-    "tokens_generated",
-)
-
-
-def merge(role: str, each: list[RoleStatus], latencies: list[list[float]]) -> RoleStatus:
-    """One role's status from its replicas': counters added up, latency percentiles
-    over all their calls, the state of the whole (``degraded`` while some are down)."""
-    states = [RoleState(status.state) for status in each]
-    lead = next((s for s in each if RoleState(s.state).serving), each[0])
-    merged = RoleStatus(
-        role=role,
-        state=_role_state(states).value,
-        pid=lead.pid,
-        node=lead.node,
-        model=lead.model,
-        model_name=lead.model_name,
-        models=lead.models,
-        model_bytes=lead.model_bytes,
-        idle_s=min(status.idle_s for status in each),
-        uptime_s=lead.uptime_s,
-        last_exit=next((s.last_exit for s in each if s.last_exit), ""),
-        log_path=lead.log_path,
-        chat_template=lead.chat_template,
-        latency_sum_ms=round(sum(status.latency_sum_ms for status in each), 3),
-        replicas=each,
-    )
-    for name in _SUMMED:
-        setattr(merged, name, sum(getattr(status, name) for status in each))
-    pooled = sorted(ms for window in latencies for ms in window)
-    merged.p50_ms, merged.p99_ms = percentile(pooled, 0.50), percentile(pooled, 0.99)
-    buckets = zip(*(status.latency_buckets for status in each), strict=True)
-    merged.latency_buckets = [sum(counts) for counts in buckets]
-    merged.quarantined = lead.quarantined  # the role's one quarantine, not one per replica
-    merged.batch_sizes = dict(sum((Counter(s.batch_sizes) for s in each), Counter()))
-    merged.batch_tokens = dict(sum((Counter(s.batch_tokens) for s in each), Counter()))
-    loading = [fraction for s in each if (fraction := s.loading) is not None]
-    merged.load_progress = min(loading) if loading else lead.load_progress
-    return merged
+def _why(replica: Replica) -> str:
+    return f"replica {replica.replica}: {replica.failed_reason or replica.state.value}"
