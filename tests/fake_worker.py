@@ -35,7 +35,7 @@ from lilbee_workers.transport.frames import (
     Request,
 )
 
-Behaviour = Literal["answer", "crash", "hang", "error", "chunk_then_crash"]
+Behaviour = Literal["answer", "crash", "hang", "error", "chunk_then_crash", "outside_kill"]
 _pids = itertools.count(90001)
 
 
@@ -125,7 +125,8 @@ class FakeWorker:
             assert isinstance(request, (EmbedRequest, ChatRequest, BatchRequest))
             self.requests.append(request)
             behaviour = plan.pop(0) if plan else "answer"
-            if behaviour in ("crash", "chunk_then_crash"):
+            if behaviour in ("crash", "chunk_then_crash", "outside_kill"):
+                self.outside_kill = behaviour == "outside_kill"
                 if behaviour == "chunk_then_crash":
                     self._theirs.send(ChatChunk(id=request.id, index=0, text="par"))
                 self._die(None)
@@ -185,6 +186,8 @@ class FakeWorker:
 
     def exit_description(self) -> str:
         how = f" {self.kill_reason};" if self.kill_reason else ""
+        if getattr(self, "outside_kill", False):  # as a real worker SIGKILLed from outside
+            return f"fake worker {self.generation}{how} killed by signal SIGKILL"
         return f"fake worker {self.generation}{how} exited"
 
     def kill(self, reason: str) -> None:

@@ -72,6 +72,7 @@ class Call:
         self.timed_out = False
         self.chunks_delivered = 0
         self.retried = False
+        self.lost_from_outside = False  # a loss not of its own doing: never quarantined
         self.cancelled = False
         self.finished = False
         self._replies: queue.SimpleQueue[AnyFrame | WorkerError] = queue.SimpleQueue()

@@ -290,9 +290,13 @@ class RoleDispatcher:
             reason = life.retire(worker, outcome)
             parts, tail = batch.calls_of(call), worker.log_tail()
             steps = merging.after_loss(outcome, parts, self.queue.closing)
+            if not policy.blames_the_request(outcome.kill is not None, reason):
+                for part in parts:
+                    part.lost_from_outside = True
             crashed = partial(policy.crashed_error, self.role, reason=reason, log_tail=tail)
+            closing = self.shutting_down_error()
             retry = batch.answer_lost(
-                parts, steps, self._give_up, crashed, self.shutting_down_error(), str(self.log_path)
+                parts, steps, self._give_up, crashed, closing, str(self.log_path)
             )
             if not retry:
                 if not self.queue.closing:
@@ -318,8 +322,10 @@ class RoleDispatcher:
             return True
 
     def _give_up(self, call: Attempted, error: WorkerError) -> None:
+        """Answer ``call`` with ``error``; quarantine it if it is poison by its own doing."""
         self.stats.failed()
-        self.quarantine.remember(call, self.life.wanted, error, self.config.quarantine_s)
+        if not (isinstance(call, Call) and call.lost_from_outside):
+            self.quarantine.remember(call, self.life.wanted, error, self.config.quarantine_s)
         call.fail(error)
 
     # ------------------------------------------------------------------ workers

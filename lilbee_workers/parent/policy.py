@@ -44,6 +44,15 @@ def should_retry(attempt: int, chunks_delivered: int) -> bool:
     return attempt + 1 < MAX_ATTEMPTS_PER_CALL and chunks_delivered == 0
 
 
+def blames_the_request(killed_by_us: bool, reason: str) -> bool:
+    """Whether a lost worker is evidence against the request it ran, for the poison
+    quarantine: it crashed by itself (a signal, an exit) or we killed it for how the call
+    ran (hang, overrun, stall). A SIGKILL from outside (an operator, a chaos test, the
+    OOM killer) proves nothing about the request: after two losses the caller still gets
+    the poison error, but the request is quarantined only if every loss blamed it."""
+    return killed_by_us or "killed by signal SIGKILL" not in reason
+
+
 def crashed_error(
     role: str,
     attempts: int,

@@ -92,8 +92,9 @@ def test_a_queued_call_whose_client_left_never_runs(
 def test_a_poison_request_is_sent_once_by_the_openai_client(busy: HttpDaemon) -> None:
     """One HTTP request loses two workers: the first is stopped (SIGSTOP) before the
     request reaches it, so it is killed as hung before any chunk and the call retried;
-    the fresh worker is SIGKILLed under the retry. 502 with ``x-should-retry: false``,
-    and the openai client (3 tries by default here) sends the request once."""
+    the fresh worker aborts (SIGABRT, as a GGML_ASSERT would) under the retry. 502 with
+    ``x-should-retry: false``, and the openai client (3 tries by default here) sends the
+    request once."""
     before = busy.status("chat")
     stopped = before.pid
     assert stopped is not None and before.state == "ready"
@@ -123,7 +124,7 @@ def test_a_poison_request_is_sent_once_by_the_openai_client(busy: HttpDaemon) ->
     wait_until(retried, 60, "the call to be retried on a fresh worker")
     fresh = busy.status("chat").pid
     assert fresh is not None
-    os.kill(fresh, signal.SIGKILL)
+    os.kill(fresh, signal.SIGABRT)  # a crash of its own: a SIGKILL would not quarantine
     thread.join(120)
     assert not thread.is_alive()
     [error] = outcome

@@ -321,7 +321,7 @@ def test_truncation_fits_the_configured_context_not_llama_cpps_rounded_one(
     long_document = "bee " * 1000
     with Supervisor(config) as sup:
         pid = sup.worker_pid("rerank")
-        [item] = sup.rerank("", [long_document], truncate=True)
+        [item] = sup.rerank("bees", [long_document], truncate=True)
         assert math.isfinite(item.score)
         with pytest.raises(InvalidRequest, match="over the context of 128"):
             sup.rerank("", [long_document])

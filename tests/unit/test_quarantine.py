@@ -138,3 +138,40 @@ def test_replicas_share_one_quarantine_and_a_restart_clears_it(tmp_path: Path) -
     finally:
         role.close()
         assert role.join(10)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "quarantined"),
+    [
+        ("crash", "crash", True),
+        ("outside_kill", "outside_kill", False),
+        ("crash", "outside_kill", False),
+        ("outside_kill", "crash", False),
+    ],
+)
+def test_a_request_lost_to_outside_sigkills_is_poison_but_not_quarantined(
+    tmp_path: Path, first: str, second: str, quarantined: bool
+) -> None:
+    """A loss to a SIGKILL from outside (an operator, a chaos test) proves nothing about
+    the request: after two losses the caller still gets the poison error, but the next
+    send runs (the chaos soak's reference call after the chaos was refused for 5
+    minutes). Only a request that made every worker die by itself is quarantined."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    script = Script(on_request={1: [first], 2: [second]})  # type: ignore[list-item]
+    config = RoleConfig(model=str(model), restart_backoff_s=0.01, coalesce=False)
+    role = ReplicaSet("embed", config, tmp_path, 1 << 20, new_worker=lambda i: script.factory)
+    role.start()
+    try:
+        assert role.wait_started(10)
+        with pytest.raises(WorkerCrashed, match="2 times"):
+            role.submit(EmbedRequest(id=7, texts=["x"])).next_frame(10)
+        if quarantined:
+            with pytest.raises(WorkerCrashed, match="quarantined"):
+                role.submit(EmbedRequest(id=8, texts=["x"])).next_frame(10)
+        else:
+            assert role.submit(EmbedRequest(id=8, texts=["x"])).next_frame(10).id == 8
+        assert role.status().quarantined == int(quarantined)
+    finally:
+        role.close()
+        assert role.join(10)
