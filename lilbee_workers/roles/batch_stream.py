@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from lilbee_workers.roles.base import check_sampling, check_seed

@@ -185,9 +185,9 @@ class BatchedGenerator:
                 self._waiting.remove(stream)
                 self._ids.discard(stream.stream_id)
                 events.append(StreamEvent(stream.stream_id, "", "cancelled", len(stream.prompt)))
-        for stream in list(self._slots):
-            if stream is not None and stream.stream_id in cancels:
-                events.append(self._finish(stream, "cancelled", ""))
+        for slot in list(self._slots):
+            if slot is not None and slot.stream_id in cancels:
+                events.append(self._finish(slot, "cancelled", ""))
         return events
 
     def _start_waiting(self) -> None:
@@ -203,7 +203,7 @@ class BatchedGenerator:
         batch.token[row], batch.pos[row], batch.n_seq_id[row] = token, pos, 1
         batch.seq_id[row][0], batch.logits[row] = seq, int(logits)
         batch.n_tokens += 1
-        return row
+        return int(row)
 
     def _add_next_tokens(self) -> list[tuple[Stream, int]]:
         """A row for every running stream's last sampled token (all get logits)."""
