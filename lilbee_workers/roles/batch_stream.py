@@ -35,14 +35,16 @@ class Sampling:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """What one step did for one stream: new text (may be empty) and, on its last
-    event, why it finished and its token counts."""
+    """What one step did for one stream: the token it sampled (none when cancelled),
+    new text (may be empty) and, on its last event, why it finished and its token
+    counts. Invalid UTF-8 from the model is dropped, as llama-cpp-python drops it."""
 
     stream_id: int
     text: str
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tokens: tuple[int, ...] = ()
 
 
 def make_sampler(sampling: Sampling) -> Any:
@@ -76,7 +78,7 @@ class TokenText:
     def __init__(self, vocab: Any, stop: tuple[str, ...]) -> None:
         self._vocab = vocab
         self._stop = tuple(s for s in stop if s)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._buffer = ctypes.create_string_buffer(256)
         self._text = ""
         self._sent = 0

@@ -46,7 +46,7 @@ class BatchedGenerator:
         stream_ctx: int,
         step_tokens: int = 64,
         row_multiple: int = 1,
-        kv_unified: bool = True,
+        kv_unified: bool = False,
         prefill_apart: bool = False,
         n_threads: int | None = None,
         owner: object = None,
@@ -170,9 +170,7 @@ class BatchedGenerator:
         events = []
         for stream, index in outputs:
             token = L.llama_sampler_sample(stream.sampler, self._ctx, index)
-            event = self._take_token(stream, token)
-            if event is not None:
-                events.append(event)
+            events.append(self._take_token(stream, token))
         return events
 
     # -- inside a step ---------------------------------------------------------------
@@ -247,22 +245,24 @@ class BatchedGenerator:
         for pos in range(extra):
             self._add(self._pad_token, pos, self._pad_seq, pos < extra_outputs)
 
-    def _take_token(self, stream: Stream, token: int) -> StreamEvent | None:
+    def _take_token(self, stream: Stream, token: int) -> StreamEvent:
         import llama_cpp as L
 
         if L.llama_vocab_is_eog(self._vocab, token):
-            return self._finish(stream, "stop", "")
+            return self._finish(stream, "stop", "", token)
         stream.completion += 1
         stream.last_token = token
         text, stopped = stream.text.add(token)
         if stopped:
-            return self._finish(stream, "stop", text)
+            return self._finish(stream, "stop", text, token)
         limit = stream.sampling.max_tokens
         if (limit is not None and stream.completion >= limit) or stream.n_past >= self.stream_ctx:
-            return self._finish(stream, "length", text + stream.text.flush())
-        return StreamEvent(stream.stream_id, text) if text else None
+            return self._finish(stream, "length", text + stream.text.flush(), token)
+        return StreamEvent(stream.stream_id, text, tokens=(token,))
 
-    def _finish(self, stream: Stream, reason: FinishReason, text: str) -> StreamEvent:
+    def _finish(
+        self, stream: Stream, reason: FinishReason, text: str, token: int | None = None
+    ) -> StreamEvent:
         """Free the stream's cells, sampler and slot; its last event."""
         import llama_cpp as L
 
@@ -274,7 +274,10 @@ class BatchedGenerator:
             self._cancels.discard(stream.stream_id)
         if reason == "stop" and not text:
             text = stream.text.flush()
-        return StreamEvent(stream.stream_id, text, reason, len(stream.prompt), stream.completion)
+        sampled = () if token is None else (token,)
+        return StreamEvent(
+            stream.stream_id, text, reason, len(stream.prompt), stream.completion, sampled
+        )
 
     def close(self) -> None:
         """Free the samplers, the batch and the context (the model stays its owner's)."""

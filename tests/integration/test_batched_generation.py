@@ -105,15 +105,15 @@ def test_one_stream_alone_gives_the_solo_answer_exactly(gen: BatchedGenerator, l
 
 def test_concurrent_greedy_streams_keep_the_measured_agreement(llm: Any) -> None:
     """Six streams in one batch vs each prompt's solo answer: on this build (x86,
-    AVX-512, weight repacking on) the same MEASURED share stays on the solo path, and
-    every stream agrees with it for a first stretch (docs/performance.md)."""
+    AVX-512, weight repacking on, per-sequence KV) 4 of 6 gave the solo answer exactly
+    and every stream agreed with it for its first words (docs/performance.md)."""
     references = [solo(llm, p)[0] for p in PROMPTS]
     with BatchedGenerator.from_llama(llm, streams=6, stream_ctx=96, step_tokens=64) as gen:
         got = run(gen, llm, greedy(*range(6)))
     same = [got[i][0] == references[i] for i in range(6)]
     shared = [len(common_prefix(got[i][0], references[i])) for i in range(6)]
     print("same as solo:", same, "common prefix (chars):", shared)
-    assert sum(same) >= 3
+    assert sum(same) >= 4
     assert all(n >= 1 for n in shared)
     assert all(got[i][1] in ("length", "stop") for i in range(6))
 
@@ -129,14 +129,16 @@ def test_a_late_stream_and_a_cancelled_one_leave_the_others_as_measured(
     gen: BatchedGenerator, llm: Any
 ) -> None:
     """Streams 0 and 1 run; stream 2 joins at step 4, stream 3 is cancelled at step 6.
-    The cancelled stream ends 'cancelled' with the tokens it had; the others finish."""
+    The cancelled stream ends 'cancelled' with the tokens it had; the others finish.
+    Measured on this build (per-sequence KV, the default): 0 and 1 give exactly the
+    answers they give without the traffic (docs/performance.md has the general rate)."""
     base = run(gen, llm, greedy(0, 1))
     jobs = greedy(0, 1, 2, 3)
     busy = run(gen, llm, jobs, admit_at={2: 4}, cancel_at={3: 6})
     assert busy[3][1] == "cancelled" and 0 < busy[3][3] < K
     for i in (0, 1, 2):
         assert busy[i][1] == "length" and busy[i][3] == K
-    print("0, 1 unchanged by the traffic:", [busy[i][0] == base[i][0] for i in (0, 1)])
+    assert [busy[i][0] for i in (0, 1)] == [base[i][0] for i in (0, 1)]
     assert gen.idle and gen.running == 0
 
 
@@ -164,8 +166,11 @@ def test_seeded_sampling_alone_draws_what_a_solo_seeded_call_draws(
     sampling = Sampling(temperature=0.8, seed=1234, max_tokens=K)
     got = run(gen, llm, {0: (PROMPTS[3], sampling)})[0][0]
     assert got == solo(llm, PROMPTS[3], temperature=0.8, seed=1234)[0]
-    again = run(gen, llm, {0: (PROMPTS[3], sampling), 1: (PROMPTS[4], sampling)})[0][0]
-    print("seeded stream unchanged by a companion:", again == got)
+    # Beside companions the draws can change, as greedy answers can (measured: two
+    # copies of this stream with this seed, side by side, drew different text; the rows
+    # of one step do not get bit-identical logits). docs/performance.md says so.
+    again = run(gen, llm, {0: (PROMPTS[3], sampling)})[0][0]
+    assert again == got  # a fresh sampler per stream: the slot kept nothing of the last
 
 
 def test_stop_strings_and_max_tokens_end_a_stream_as_create_completion_does(
