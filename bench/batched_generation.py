@@ -72,14 +72,29 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+DIVERGENCE_CASES = [  # kv_unified, row_multiple, prefill_apart
+    (True, 1, False),
+    (True, 8, False),
+    (False, 1, False),
+    (False, 8, False),
+    (False, 8, True),
+]
+
+
 def divergence(llm: Any, prompts: list[list[int]], k: int, threads: int) -> list[dict[str, Any]]:
     solo = [solo_tokens(llm, p, k) for p in prompts]
     rows = []
-    for unified in (True, False):
-        for multiple in (1, 8):
-            options = dict(streams=len(prompts), stream_ctx=k + 64, step_tokens=128)
+    for unified, multiple, apart in DIVERGENCE_CASES:
+        if True:
             with BatchedGenerator.from_llama(
-                llm, row_multiple=multiple, kv_unified=unified, n_threads=threads, **options
+                llm,
+                streams=len(prompts),
+                stream_ctx=k + 64,
+                step_tokens=128,
+                row_multiple=multiple,
+                kv_unified=unified,
+                prefill_apart=apart,
+                n_threads=threads,
             ) as gen:
                 together = batched_tokens(gen, prompts, k)
                 alone = [batched_tokens(gen, [p], k)[0] for p in prompts]
@@ -88,10 +103,15 @@ def divergence(llm: Any, prompts: list[list[int]], k: int, threads: int) -> list
                 {
                     "kv_unified": unified,
                     "row_multiple": multiple,
+                    "prefill_apart": apart,
                     "same_as_solo": sum(d is None for d in diffs),
                     "first_difference_at_token": diffs,
-                    "alone_in_generator_same_as_solo": sum(a == s for a, s in zip(alone, solo)),
-                    "together_same_as_alone": sum(t == a for t, a in zip(together, alone)),
+                    "alone_in_generator_same_as_solo": sum(
+                        a == s for a, s in zip(alone, solo, strict=True)
+                    ),
+                    "together_same_as_alone": sum(
+                        t == a for t, a in zip(together, alone, strict=True)
+                    ),
                     "streams": len(prompts),
                 }
             )

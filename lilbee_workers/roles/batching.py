@@ -33,10 +33,12 @@ class BatchedGenerator:
     which ``Llama`` cannot set) but shares the model, so N streams cost one copy of the
     weights; ``owner`` (e.g. the ``Llama``) is kept alive as long as this object.
 
-    ``row_multiple`` > 1 pads every step (and its logits rows) with throw-away rows up to
-    a multiple of it, so the matrix kernels see the same shape whatever else runs: a
-    stream's greedy answer then does not depend on its companions (see
-    docs/performance.md for what this buys and costs on which kernels)."""
+    ``kv_unified`` false (the default) gives each stream its own KV cells: measured
+    closer to solo answers than a shared cache, at the same speed. ``row_multiple`` > 1
+    pads every step (and its logits rows) with throw-away rows up to a multiple of it,
+    and ``prefill_apart`` decodes prompt chunks in a call of their own: measuring knobs;
+    neither made greedy answers independent of the companions on the CPU build measured
+    (docs/performance.md, "Many streams on one model"), and padding costs speed."""
 
     def __init__(
         self,
@@ -59,7 +61,10 @@ class BatchedGenerator:
         self.row_multiple, self.prefill_apart = row_multiple, prefill_apart
         self._owner, self._model = owner, model
         self._vocab = L.llama_model_get_vocab(model)
-        self._pad_seq = streams  # the throw-away rows' sequence, emptied after every step
+        # The throw-away rows' sequences, emptied after every step: one in a unified
+        # cache; one per row with per-sequence caches, where llama.cpp splits a step
+        # into ubatches of equally many tokens per sequence.
+        self._pad_seqs = list(range(streams, streams + (1 if kv_unified else row_multiple)))
         self._pad_token = max(L.llama_vocab_bos(self._vocab), 0)
         capacity = step_tokens + 2 * row_multiple
         self._ctx = L.llama_init_from_model(
@@ -80,7 +85,7 @@ class BatchedGenerator:
         import llama_cpp as L
 
         params = L.llama_context_default_params()
-        sequences = self.streams + 1
+        sequences = self.streams + len(self._pad_seqs)
         cells = self.streams * self.stream_ctx + capacity
         params.n_ctx = cells if kv_unified else sequences * max(self.stream_ctx, capacity)
         params.n_batch = params.n_ubatch = capacity
@@ -164,7 +169,8 @@ class BatchedGenerator:
             return []
         self._pad()
         status = L.llama_decode(self._ctx, self._batch)
-        L.llama_memory_seq_rm(self._memory, self._pad_seq, -1, -1)
+        for seq in self._pad_seqs:
+            L.llama_memory_seq_rm(self._memory, seq, -1, -1)
         if status != 0:
             raise ModelError(f"llama_decode failed with status {status} in a batched step")
         events = []
@@ -242,8 +248,14 @@ class BatchedGenerator:
         extra, extra_outputs = -rows % multiple, -outputs % multiple
         while extra < extra_outputs:
             extra += multiple
-        for pos in range(extra):
-            self._add(self._pad_token, pos, self._pad_seq, pos < extra_outputs)
+        seqs = self._pad_seqs
+        for row in range(extra):
+            if len(seqs) == 1:
+                self._add(self._pad_token, row, seqs[0], row < extra_outputs)
+            else:
+                self._add(
+                    self._pad_token, row // len(seqs), seqs[row % len(seqs)], row < extra_outputs
+                )
 
     def _take_token(self, stream: Stream, token: int) -> StreamEvent:
         import llama_cpp as L
