@@ -6,8 +6,8 @@ streams by one chunk's time at most). Each stream has its own sequence id in the
 and its own sampler chain; a finished or cancelled stream's cells are freed at the next
 token boundary and its slot takes the next waiting stream.
 
-Worker side only: it knows nothing of frames or the parent. Not thread-safe except
-``cancel``, which any thread may call (it takes effect at the next step)."""
+Worker side only: it knows nothing of frames or the parent. One thread steps it;
+``admit`` and ``cancel`` may come from any thread (they take effect at the next step)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class BatchedGenerator:
         return not self.running and not self._waiting
 
     def step(self) -> list[StreamEvent]:
-        """One ``llama_decode``: returns what each stream produced (text pieces and
+        """One ``llama_decode`` (two with ``prefill_apart``): returns what each stream produced (text pieces and
         finishes). A failed decode raises ``ModelError``; the caller then fails every
         stream and closes this generator (its KV state is no longer known)."""
         if self._closed:
