@@ -145,7 +145,8 @@ class BatchedGenerator:
     def step(self) -> list[StreamEvent]:
         """One ``llama_decode`` (two with ``prefill_apart``): returns what each stream
         produced (text pieces and finishes). A failed decode raises ``ModelError``;
-        the caller then fails every stream and closes this generator (its KV state is no longer known)."""
+        the caller then fails every stream and closes this generator (its KV state
+        is no longer known)."""
         if self._closed:
             raise ModelError("the batched generator is closed")
         events = self._apply_cancels()
