@@ -26,6 +26,8 @@ class WorkerHandle(Protocol):
     """Told how far the model load has come (0.0 to 1.0); set before ``start``."""
     data: PipeChannel[DataReply]
     health: PipeChannel[HealthReport]
+    kill_reason: str | None
+    """Why the supervisor killed it (hang, overrun, stall, cancel ignored); None if not."""
 
     @property
     def pid(self) -> int: ...
