@@ -52,3 +52,5 @@ def pull_missing(config: SupervisorConfig) -> None:
             pull(parse(name), report)
         except HubError as exc:
             log.error("auto_pull failed", model=name, role=role, reason=exc.message)
+        except OSError as exc:  # a disk error while writing or hashing: the role reports it
+            log.error("auto_pull failed", model=name, role=role, reason=str(exc))

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from lilbee_workers.hub.cache import cache_dir
 from lilbee_workers.hub.names import HubError, ModelRef, check_file_name
 from lilbee_workers.hub.quants import Choice, choose
-from lilbee_workers.hub.verify import verify
+from lilbee_workers.hub.verify import remove_cached, verify
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -147,7 +147,12 @@ def _pull_one(repo: str, item: Remote, report: PullReport) -> Pulled:
                                tqdm_class=bar)  # fmt: skip
     except Exception as exc:
         raise _hub_error(repo, exc) from None
-    sha = verify(str(path), item.path, item.sha256, item.git_oid, item.size)
+    try:
+        sha = verify(str(path), item.path, item.sha256, item.git_oid, item.size)
+    except BaseException:  # interrupted while hashing: a fresh download is left unverified
+        if downloaded:  # so it goes; a copy verified by an earlier pull stays
+            remove_cached(str(path))
+        raise
     pulled = Pulled(item.path, str(path), item.size, sha, time.monotonic() - began, downloaded)
     report.finish(pulled)
     return pulled

@@ -67,6 +67,6 @@ def verify(path: str, name: str, sha256: str | None, git_oid: str, size: int) ->
         if problem:
             raise HubError("not-gguf", f"{name}: {problem}; removed from the cache")
         return actual
-    except BaseException:  # a failed check or an interrupted hash: leave nothing unverified
+    except HubError:  # a failed check: never leave the bad bytes to be served
         remove_cached(path)
         raise
