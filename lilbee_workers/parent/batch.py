@@ -158,9 +158,11 @@ def coalesce(
 def account(stats: RoleStats, call: Attempted, outcome: Answered) -> None:
     """Count an answered call (each part of a merged one) and its batch shape."""
     errors = call.part_errors if isinstance(call, MergedCall) else [outcome.error]
-    cancelled, timed_out = cancelled_answer(outcome.frame), getattr(call, "timed_out", False)
-    for error in errors:
-        stats.answered(error=error, retried=call.retried, cancelled=cancelled, timed_out=timed_out)
+    cancelled = cancelled_answer(outcome.frame)
+    for error, part in zip(errors, calls_of(call), strict=True):  # each caller's own deadline
+        stats.answered(
+            error=error, retried=call.retried, cancelled=cancelled, timed_out=part.timed_out
+        )
     if isinstance(outcome.frame, ChatResult):
         stats.generated(outcome.frame.completion_tokens)
     shape = batch_shape(outcome.frame) if outcome.frame is not None else None

@@ -290,7 +290,7 @@ class RoleDispatcher:
             reason = life.retire(worker, outcome)
             parts, tail = batch.calls_of(call), worker.log_tail()
             steps = merging.after_loss(outcome, parts, self.queue.closing)
-            if not policy.blames_the_request(outcome.kill is not None, reason):
+            if not policy.blames_the_request(worker.kill_reason is not None, reason):
                 for part in parts:
                     part.lost_from_outside = True
             crashed = partial(policy.crashed_error, self.role, reason=reason, log_tail=tail)
@@ -316,10 +316,15 @@ class RoleDispatcher:
             if len(retry) == 1:
                 call = retry[0]  # alone already: retried here, in this loop
                 continue
-            for part in reversed(retry):  # each alone, first in line, in their order
-                if not self.queue.take_over(part):
+            # Each alone, first in line, in their order; a retiring replica has no line to
+            # come back to, so those run here, one by one, on the fresh worker.
+            kept = [part for part in reversed(retry) if not self.queue.take_over(part)]
+            for part in reversed(kept):
+                if self.queue.closing:
                     self._give_up(part, self.shutting_down_error())
-            return True
+                else:
+                    self._run_call(part)
+            return len(kept) < len(retry)
 
     def _give_up(self, call: Attempted, error: WorkerError) -> None:
         """Answer ``call`` with ``error``; quarantine it if it is poison by its own doing."""

@@ -126,7 +126,7 @@ LIMITS = {
     "lilbee_workers.transport.frames": 420,  # the whole wire schema, in one place by design
     # The arbiter loop with the merged-batch split and the quarantine hooks; issue 19's
     # slots rework splits its call path from its control path (one call per worker ends).
-    "lilbee_workers.parent.dispatcher": 380,
+    "lilbee_workers.parent.dispatcher": 390,
 }
 
 

@@ -251,3 +251,35 @@ def test_a_caller_who_left_a_lost_batch_is_not_retried(model: str, tmp_path: Pat
     finally:
         role.close()
         assert role.join(10)
+
+
+def test_a_batch_lost_on_a_retiring_replica_is_answered_part_by_part_there(
+    tmp_path: Path,
+) -> None:
+    """A replica being retired (a reload shrinking ``replicas``) takes no call back into
+    its line, and with no other replica serving the hand-over fails: the parts of its
+    lost batch each run alone on its fresh worker (they were each answered 'shutting
+    down' before, found by review)."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    script = Script(on_request={1: ["crash"]})
+    gate = threading.Event()
+    script.hold_start[1] = gate
+    config = RoleConfig(model=str(model), restart_backoff_s=0.01, restart_backoff_max_s=0.02)
+    role = RoleDispatcher("embed", config, tmp_path, 1 << 20, new_worker=script.factory)
+    role.start()
+    try:
+        calls = [role.submit(EmbedRequest(id=i, texts=[f"t{i}"])) for i in (1, 2, 3)]
+        role.queue.retire()  # it finishes what it holds, and takes nothing back
+        gate.set()
+        assert [call.next_frame(10).id for call in calls] == [1, 2, 3]
+        first, fresh = script.workers[0], script.workers[1]
+        assert [type(r).__name__ for r in first.requests] == ["BatchRequest"]
+        assert [(type(r).__name__, r.texts) for r in fresh.requests] == [  # type: ignore[union-attr]
+            ("EmbedRequest", ["t1"]),
+            ("EmbedRequest", ["t2"]),
+            ("EmbedRequest", ["t3"]),
+        ]
+    finally:
+        role.close()
+        assert role.join(10)
