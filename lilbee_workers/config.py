@@ -302,11 +302,8 @@ def duration_problems(key: str, seconds: float) -> list[str]:
 
 def default_socket_path() -> str:
     """``$LILBEE_WORKERS_SOCKET``, else ``$XDG_RUNTIME_DIR/lilbee-workers.sock``."""
-    explicit = os.environ.get("LILBEE_WORKERS_SOCKET")
-    if explicit:
-        return explicit
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lilbee-workers-{os.getuid()}"
-    return os.path.join(runtime, "lilbee-workers.sock")
+    return os.environ.get("LILBEE_WORKERS_SOCKET") or os.path.join(runtime, "lilbee-workers.sock")
 
 
 def load_config(path: str | os.PathLike[str]) -> SupervisorConfig:
@@ -342,6 +339,8 @@ def parse_config(data: bytes | str, source: str = "<config>") -> SupervisorConfi
             problems += found
             if role is not None:
                 converted[name] = role
+        if roles and not converted:  # each table said what is wrong with it: not also "none"
+            refused.append("roles")
         raw["roles"] = converted
     config, found = convert_all(raw, SupervisorConfig, "", refused)
     problems += found

@@ -78,6 +78,13 @@ def test_a_dropped_bad_value_is_not_also_reported_as_missing() -> None:
     ]
 
 
+def test_a_role_that_is_not_a_table_is_reported_once() -> None:
+    """Found by review: ``roles.embed = "x"`` also said "configure at least one role"."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[roles]\nembed = "x"\n')
+    assert caught.value.problems == ["roles.embed: Expected `object`, got `str`"]  # type: ignore[attr-defined]
+
+
 def test_the_problems_survive_pickling() -> None:
     import pickle
 
