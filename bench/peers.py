@@ -231,7 +231,7 @@ def peer_rows(model: str, callers: list[int], calls: int, rounds: int) -> list[d
         log_dir=str(workdir / "logs"),
         socket=str(workdir / "d.sock"),
     )
-    ours_cmd = [sys.executable, "-c", "from lilbee_workers.cli import app; app()", "serve",
+    ours_cmd = [sys.executable, "-c", "from lilbee_workers.cli.main import app; app()", "serve",
                 "--config", str(config), "--http", f"127.0.0.1:{ours_port}"]  # fmt: skip
     peer_cmd = [sys.executable, "-m", "llama_cpp.server", "--model", pooled, "--embedding",
                 "true", "--n_ctx", "512", "--host", "127.0.0.1",

@@ -60,7 +60,7 @@ class DaemonProcess:
                 *limit,
                 sys.executable,
                 "-m",
-                "lilbee_workers.cli",
+                "lilbee_workers.cli.main",
                 "serve",
                 "--config",
                 str(config),

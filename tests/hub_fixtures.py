@@ -13,7 +13,7 @@ import pytest
 from hub_standin import Hub, running
 from typer.testing import CliRunner, Result
 
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
 
 REPO = "test/tiny-embed-GGUF"
 

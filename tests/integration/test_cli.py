@@ -20,7 +20,7 @@ from typer.testing import CliRunner, Result
 from conftest import FAST, wait_until
 from daemon_helpers import DaemonProcess, write_config
 from lilbee_workers import Client
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
 from lilbee_workers.types import RoleStatus
 
 TIMING = {k: v for k, v in FAST.items() if k != "debug_requests"}
@@ -148,7 +148,7 @@ def test_error_lines_do_not_wrap_inside_paths() -> None:
     try:
         env = {k: v for k, v in os.environ.items() if k != "LILBEE_WORKERS_SOCKET"}
         result = subprocess.run(
-            [sys.executable, "-m", "lilbee_workers.cli", "status", "--socket", path],
+            [sys.executable, "-m", "lilbee_workers.cli.main", "status", "--socket", path],
             capture_output=True,
             text=True,
             timeout=60,
@@ -278,7 +278,7 @@ def test_demo_shows_a_sensible_completion(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
     env.pop("LILBEE_WORKERS_SOCKET", None)
     result = subprocess.run(
-        [sys.executable, "-m", "lilbee_workers.cli", "demo"],
+        [sys.executable, "-m", "lilbee_workers.cli.main", "demo"],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

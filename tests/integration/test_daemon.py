@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from conftest import FAST, pid_alive
 from daemon_helpers import DaemonProcess, write_config
 from lilbee_workers import Client, WorkerTimeout
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel
 from lilbee_workers.transport.frames import ErrorFrame, StatusReply, StatusRequest
@@ -93,7 +93,7 @@ def test_real_console_script_streams_chat(daemon: DaemonProcess) -> None:
         [
             sys.executable,
             "-m",
-            "lilbee_workers.cli",
+            "lilbee_workers.cli.main",
             "chat",
             "Bees are",
             "--max-tokens",

@@ -31,9 +31,9 @@ from lilbee_workers import (
     WorkerError,
     testing,
 )
-from lilbee_workers.daemon import Daemon, DaemonSetupError
-from lilbee_workers.server import SocketServer
-from lilbee_workers.socket_setup import bind_socket
+from lilbee_workers.service.daemon import Daemon, DaemonSetupError
+from lilbee_workers.service.server import SocketServer
+from lilbee_workers.service.socket_setup import bind_socket
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import SocketChannel, encode_prefixed
 from lilbee_workers.transport.frames import (
@@ -548,7 +548,7 @@ def test_cli_serve_refuses_a_planted_socket_dir_cleanly(tmp_path: Path) -> None:
             tmp_path / "w.toml", {"embed": {"model": "/nonexistent.gguf"}}, log_dir=str(tmp_path)
         )
         result = subprocess.run(
-            [sys.executable, "-m", "lilbee_workers.cli", "serve", "--config", str(config),
+            [sys.executable, "-m", "lilbee_workers.cli.main", "serve", "--config", str(config),
              "--socket", str(directory / "d.sock")],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -668,7 +668,7 @@ def test_unknown_socket_group_is_a_config_error_naming_the_key(
         socket_group="no-such-group-x",
     )
     result = subprocess.run(
-        [sys.executable, "-m", "lilbee_workers.cli", "serve", "--config", str(config),
+        [sys.executable, "-m", "lilbee_workers.cli.main", "serve", "--config", str(config),
          "--socket", str(tmp_path / "s" / "d.sock")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

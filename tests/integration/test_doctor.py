@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from daemon_helpers import DaemonProcess, write_config
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
 
 CLEAN_ENV: dict[str, str | None] = {"LILBEE_WORKERS_SOCKET": None, "LILBEE_WORKERS_CONFIG": None}
 

@@ -97,7 +97,7 @@ def test_empty_text_is_refused_alike_through_python_and_the_cli(edges: HttpDaemo
         assert client.embed(["bees"]).shape == (1, 640)  # the reference: text is served
     for command in (["embed", ""], ["chat", ""], ["complete", ""]):
         done = subprocess.run(
-            [sys.executable, "-m", "lilbee_workers.cli", *command,
+            [sys.executable, "-m", "lilbee_workers.cli.main", *command,
              "--socket", str(edges.process.socket)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip

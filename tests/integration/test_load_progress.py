@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import FAST, wait_until
 from lilbee_workers import RoleConfig, Supervisor, SupervisorConfig
-from lilbee_workers.output import state_text
+from lilbee_workers.cli.output import state_text
 from lilbee_workers.parent.process import WorkerProcess
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 

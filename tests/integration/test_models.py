@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from conftest import FAST, pid_alive, wait_until
 from daemon_helpers import DaemonProcess, write_config
 from lilbee_workers import Client, InvalidRequest, ModelError, Supervisor, SupervisorConfig
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
 from lilbee_workers.config import ModelEntry
 
 TEXTS = ["bees make honey", "the stock market fell", "hives hum in summer", "rust on iron"]

@@ -142,7 +142,7 @@ def test_a_rolling_restart_under_8_callers_fails_no_call(
 def test_the_status_table_shows_each_replica_under_its_role(two_replicas: Supervisor) -> None:
     from rich.console import Console
 
-    from lilbee_workers.output import status_table
+    from lilbee_workers.cli.output import status_table
 
     wait_until(lambda: ready_replicas(two_replicas) == 2, timeout=60, what="both replicas ready")
     console = Console(record=True, width=160)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
+from lilbee_workers.cli.output import error_json, error_text, restart_lines
 from lilbee_workers.errors import (
     ConfigError,
     DaemonUnreachable,
     InvalidRequest,
     WorkerCrashed,
 )
-from lilbee_workers.output import error_json, error_text, restart_lines
 from lilbee_workers.types import RoleStatus
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from lilbee_workers.cli import app
+from lilbee_workers.cli.main import app
 
 EX_USAGE_CLICK = 2
 EX_UNAVAILABLE = 69

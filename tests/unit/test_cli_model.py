@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from lilbee_workers import cli_common
-from lilbee_workers.cli import app
+from lilbee_workers.cli import common as cli_common
+from lilbee_workers.cli.main import app
 from lilbee_workers.errors import InvalidRequest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lilbee_workers.config import RoleConfig, SupervisorConfig
-from lilbee_workers.socket_paths import socket_path_for as socket_for
+from lilbee_workers.service.socket_paths import socket_path_for as socket_for
 
 CONFIG = SupervisorConfig(roles={"embed": RoleConfig(model="m")}, socket="/cfg/d.sock")
 
@@ -52,7 +52,7 @@ def test_default_with_and_without_xdg_runtime_dir(monkeypatch: pytest.MonkeyPatc
 def test_a_sticky_shared_socket_dir_is_refused_without_advising_chmod_of_it(
     tmp_path: Path,
 ) -> None:
-    from lilbee_workers.socket_setup import DaemonSetupError, prepare_socket_dir
+    from lilbee_workers.service.socket_setup import DaemonSetupError, prepare_socket_dir
 
     shared = tmp_path / "tmp-like"
     shared.mkdir()

@@ -60,6 +60,23 @@ def test_parent_never_imports_the_worker_side() -> None:
     assert not bad
 
 
+FACES = ("lilbee_workers.cli", "lilbee_workers.service", "lilbee_workers.http")
+
+
+def test_the_library_never_imports_a_face() -> None:
+    """The library (supervisor, client, parent, worker side, hub, ...) imports nothing of
+    the command line, the service or the HTTP face: a program that embeds a Supervisor
+    loads no typer, no daemon and no Starlette."""
+    bad = {
+        (name, dep)
+        for name, deps in GRAPH.items()
+        if not any(in_package(name, face) for face in FACES)
+        for dep in deps
+        if any(in_package(dep, face) for face in FACES)
+    }
+    assert not bad
+
+
 def test_worker_side_never_imports_the_parent() -> None:
     bad = {
         (name, dep)
@@ -67,7 +84,8 @@ def test_worker_side_never_imports_the_parent() -> None:
         if in_package(name, "lilbee_workers.child") or in_package(name, "lilbee_workers.roles")
         for dep in deps
         if in_package(dep, "lilbee_workers.parent")
-        or dep in ("lilbee_workers.supervisor", "lilbee_workers.client", "lilbee_workers.daemon")
+        or dep
+        in ("lilbee_workers.supervisor", "lilbee_workers.client", "lilbee_workers.service.daemon")
     }
     assert not bad
 

@@ -17,10 +17,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lilbee_workers.child.heartbeat import ProgressReporter
-from lilbee_workers.cli import app
-from lilbee_workers.output import state_text, status_table
+from lilbee_workers.cli.main import app
+from lilbee_workers.cli.output import state_text, status_table
+from lilbee_workers.cli.progress import LoadBars, LoadLines, watch_loads
 from lilbee_workers.parent.stats import RoleStats
-from lilbee_workers.progress import LoadBars, LoadLines, watch_loads
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel, SocketChannel
 from lilbee_workers.transport.frames import LoadProgress, StatusReply, StatusRequest

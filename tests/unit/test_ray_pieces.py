@@ -11,11 +11,11 @@ import pytest
 from rich.console import Console
 
 from lilbee_workers import Supervisor
+from lilbee_workers.cli.output import status_table
 from lilbee_workers.cluster import connect
 from lilbee_workers.cluster.actor import Outbox
 from lilbee_workers.config import RoleConfig, SupervisorConfig, parse_config
 from lilbee_workers.errors import ConfigError, InvalidRequest
-from lilbee_workers.output import status_table
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.frames import LoadProgress, LogRecord
 from lilbee_workers.types import RoleStatus
@@ -118,7 +118,7 @@ def test_status_table_shows_the_node_column_only_for_ray_actors() -> None:
 def test_doctor_checks_ray_is_installed_for_the_ray_backend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lilbee_workers.doctor import check_ray
+    from lilbee_workers.cli.doctor import check_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     missing = check_ray("auto")

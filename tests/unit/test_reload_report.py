@@ -12,8 +12,8 @@ import pytest
 import structlog
 
 from lilbee_workers.config import RoleConfig, SupervisorConfig
-from lilbee_workers.daemon import Daemon
 from lilbee_workers.parent.role_owner import Job, Outcome
+from lilbee_workers.service.daemon import Daemon
 from lilbee_workers.supervisor import ReloadResult, Supervisor
 from lilbee_workers.types import RoleStatus
 

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TextIO
 
+from lilbee_workers.cli.output import percent, state_text
 from lilbee_workers.errors import WorkerError
-from lilbee_workers.output import percent, state_text
 from lilbee_workers.types import RoleStatus
 
 if TYPE_CHECKING:

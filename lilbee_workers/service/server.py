@@ -56,7 +56,7 @@ _FD_RESERVE = 64
 """File descriptors the daemon needs besides its connections (workers' pipes, logs)."""
 _PEERCRED = struct.Struct("3i")
 
-log = structlog.get_logger("lilbee_workers.server")
+log = structlog.get_logger("lilbee_workers.service.server")
 
 
 class SocketServer:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from lilbee_workers.cli_common import EXIT_ERROR, JsonOption, say_error
+from lilbee_workers.cli.common import EXIT_ERROR, JsonOption, say_error
 
 if TYPE_CHECKING:
     from lilbee_workers.hub.cache import CachedModel
@@ -101,8 +101,8 @@ def models_local(as_json: bool) -> None:
 
 
 def _describe(model: CachedModel) -> dict[str, object]:
+    from lilbee_workers.cli.doctor import check_role
     from lilbee_workers.config import ROLE_KINDS, RoleConfig
-    from lilbee_workers.doctor import check_role
     from lilbee_workers.gguf_info import GGUFError, read_metadata
 
     path = str(model.files[0])

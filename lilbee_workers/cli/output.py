@@ -20,7 +20,7 @@ from lilbee_workers.types import RoleStatus
 
 if TYPE_CHECKING:
     from lilbee_workers.api import ChatStream
-    from lilbee_workers.doctor import Finding
+    from lilbee_workers.cli.doctor import Finding
 
 QUIET_KINDS = ("invalid_request", "cancelled")
 """Errors about the request itself: the worker's log has nothing to add."""

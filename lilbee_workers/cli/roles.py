@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lilbee_workers.cli_common import ConfigOption, JsonOption, ModelOption, SocketOption, daemon
+from lilbee_workers.cli.common import ConfigOption, JsonOption, ModelOption, SocketOption, daemon
 
 
 def embed(
@@ -52,7 +52,7 @@ def chat(
 
     --json prints {text, finish_reason, prompt_tokens, completion_tokens} at the end.
     """
-    from lilbee_workers.output import print_stream
+    from lilbee_workers.cli.output import print_stream
 
     with daemon(socket_path, config, as_json) as client:
         stream = client.chat(
@@ -78,7 +78,7 @@ def complete(
     never trained on. --json prints {text, finish_reason, prompt_tokens,
     completion_tokens} at the end.
     """
-    from lilbee_workers.output import print_stream
+    from lilbee_workers.cli.output import print_stream
 
     with daemon(socket_path, config, as_json) as client:
         stream = client.complete(
@@ -129,7 +129,7 @@ def vision(
 
     --json prints {text, finish_reason, prompt_tokens, completion_tokens} at the end.
     """
-    from lilbee_workers.output import print_stream
+    from lilbee_workers.cli.output import print_stream
 
     with daemon(socket_path, config, as_json) as client:
         stream = client.vision(image.read_bytes(), prompt, max_tokens=max_tokens, model=model)

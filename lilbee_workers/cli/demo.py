@@ -6,8 +6,8 @@ import sys
 
 from rich.console import Console
 
+from lilbee_workers.cli.output import status_table
 from lilbee_workers.config import SupervisorConfig
-from lilbee_workers.output import status_table
 from lilbee_workers.supervisor import Supervisor
 
 

@@ -24,7 +24,7 @@ from lilbee_workers.config_problems import ConfigProblems
 from lilbee_workers.errors import ConfigError, DaemonUnreachable, WorkerError
 from lilbee_workers.gguf_info import GGUFError, GGUFInfo, read_metadata
 from lilbee_workers.hub.cache import resolve_path
-from lilbee_workers.socket_paths import socket_path_for
+from lilbee_workers.service.socket_paths import socket_path_for
 
 RANK_POOLING = 4
 """llama.cpp's ``LLAMA_POOLING_TYPE_RANK``: a cross-encoder with a score head."""

@@ -21,18 +21,18 @@ import structlog
 
 from lilbee_workers.config import SupervisorConfig, load_config
 from lilbee_workers.errors import ConfigError, InvalidRequest
-from lilbee_workers.server import SocketServer
-from lilbee_workers.socket_setup import DaemonSetupError, bind_socket, socket_group_id
+from lilbee_workers.service.server import SocketServer
+from lilbee_workers.service.socket_setup import DaemonSetupError, bind_socket, socket_group_id
+from lilbee_workers.service.systemd import Notifier, watchdog_interval
 from lilbee_workers.supervisor import Supervisor
-from lilbee_workers.systemd import Notifier, watchdog_interval
 
 if TYPE_CHECKING:
+    from lilbee_workers.cli.progress import LoadView
     from lilbee_workers.http.serve import HttpServer
-    from lilbee_workers.progress import LoadView
 
 __all__ = ["Daemon", "DaemonSetupError"]
 
-log = structlog.get_logger("lilbee_workers.daemon")
+log = structlog.get_logger("lilbee_workers.service.daemon")
 
 
 class Daemon:
@@ -126,7 +126,7 @@ class Daemon:
             return self.supervisor.wait_started(timeout) or self._stop.is_set()
 
         if self.progress is not None:
-            from lilbee_workers.progress import watch_loads
+            from lilbee_workers.cli.progress import watch_loads
 
             watch_loads(self.supervisor.status, over, self.progress)
         while not over(1.0):

@@ -77,7 +77,7 @@ def say_error(text: str) -> None:
 
 def client_for(socket_path: Path | None, config: Path | None = None) -> Client:
     """A client on the socket that ``socket_path_for`` picks."""
-    from lilbee_workers.socket_paths import socket_path_for
+    from lilbee_workers.service.socket_paths import socket_path_for
 
     settings = load_settings(config)
     return connect(socket_path_for(socket_path, settings, config)[0], settings)
@@ -92,8 +92,8 @@ def connect(path: Path, settings: SupervisorConfig | None) -> Client:
 
 
 def fail(error: Exception, as_json: bool = False, socket_source: str = "") -> NoReturn:
+    from lilbee_workers.cli.output import error_json, error_text
     from lilbee_workers.errors import DaemonUnreachable
-    from lilbee_workers.output import error_json, error_text
 
     if as_json:
         print(error_json(error, socket_source))
@@ -107,7 +107,7 @@ def daemon(socket_path: Path | None, config: Path | None, as_json: bool) -> Iter
     """A client of the daemon; a ``WorkerError`` or ``ConfigError`` in the block is
     printed (as JSON with ``--json``) and exits with its code."""
     from lilbee_workers.errors import ConfigError, WorkerError
-    from lilbee_workers.socket_paths import socket_path_for
+    from lilbee_workers.service.socket_paths import socket_path_for
 
     source = ""
     try:

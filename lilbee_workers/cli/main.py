@@ -12,8 +12,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lilbee_workers import cli_hub, cli_roles
-from lilbee_workers.cli_common import (
+from lilbee_workers.cli import pull as pull_commands
+from lilbee_workers.cli import roles as role_commands
+from lilbee_workers.cli.common import (
     EXIT_ERROR,
     EXIT_NOT_READY,
     ConfigOption,
@@ -44,8 +45,8 @@ def demo(
     continuation of a prompt (the bundled model is a base model: see `complete`) and
     prints each role's status.
     """
+    from lilbee_workers.cli.demo import run_demo
     from lilbee_workers.config import default_config
-    from lilbee_workers.demo import run_demo
     from lilbee_workers.errors import ConfigError
 
     try:
@@ -76,13 +77,13 @@ def serve(
     gemma 3 270M. While the models load, stderr shows each role's progress (a bar on a
     terminal, plain lines otherwise; none with JSON logs).
     """
+    from lilbee_workers.cli.output import error_text
+    from lilbee_workers.cli.progress import view_for
     from lilbee_workers.config import default_config
-    from lilbee_workers.daemon import Daemon
     from lilbee_workers.errors import ConfigError
     from lilbee_workers.hub.autopull import pull_missing
     from lilbee_workers.logs import configure_logging
-    from lilbee_workers.output import error_text
-    from lilbee_workers.progress import view_for
+    from lilbee_workers.service.daemon import Daemon
 
     try:
         settings = load_settings(config) or default_config()
@@ -125,7 +126,7 @@ def status(
     ready, 3 when some role is not, 69 when the daemon cannot be reached, 1 on any
     other error (2: a usage error).
     """
-    from lilbee_workers.output import status_table, statuses_json
+    from lilbee_workers.cli.output import status_table, statuses_json
 
     with daemon(socket_path, config, as_json) as client:
         statuses = client.status()
@@ -147,10 +148,10 @@ def models(
     """List each role's model names: the default first, the loaded one marked.
 
     With --local: the models `pull` put in the local cache (no daemon needed)."""
-    from lilbee_workers.output import model_lines, statuses_json
+    from lilbee_workers.cli.output import model_lines, statuses_json
 
     if local:
-        return cli_hub.models_local(as_json)
+        return pull_commands.models_local(as_json)
     with daemon(socket_path, config, as_json) as client:
         statuses = client.status()
     print(statuses_json(statuses) if as_json else "\n".join(model_lines(statuses)))
@@ -168,7 +169,7 @@ def load(
 
     If it cannot load, the model that served before serves on and the exit code is 1.
     """
-    from lilbee_workers.output import model_lines, statuses_json
+    from lilbee_workers.cli.output import model_lines, statuses_json
 
     with daemon(socket_path, config, as_json) as client:
         statuses = client.load(role, model)
@@ -183,7 +184,7 @@ def unload(
     as_json: JsonOption = False,
 ) -> None:
     """Stop the role's worker to free its memory; the next call loads the model again."""
-    from lilbee_workers.output import model_lines, statuses_json
+    from lilbee_workers.cli.output import model_lines, statuses_json
 
     with daemon(socket_path, config, as_json) as client:
         statuses = client.unload(role)
@@ -208,8 +209,8 @@ def restart(
     some role is not ready. With --no-wait: prints that the restart was requested
     (`status` shows progress); --json then shows the states from before it.
     """
-    from lilbee_workers.output import restart_lines, statuses_json
-    from lilbee_workers.progress import restart_watching, view_for
+    from lilbee_workers.cli.output import restart_lines, statuses_json
+    from lilbee_workers.cli.progress import restart_watching, view_for
 
     with daemon(socket_path, config, as_json) as client:
         if wait and not as_json:
@@ -236,8 +237,8 @@ def doctor(
 
     Without --config: the default config (embed + chat on the bundled gemma 3 270M).
     """
-    from lilbee_workers.doctor import check_config
-    from lilbee_workers.output import doctor_json, doctor_text
+    from lilbee_workers.cli.doctor import check_config
+    from lilbee_workers.cli.output import doctor_json, doctor_text
 
     findings = check_config(config, socket_path)
     print(doctor_json(findings) if as_json else doctor_text(findings))
@@ -248,7 +249,7 @@ def doctor(
 SERVING = ("ready", "busy", "degraded", "unloaded")
 """States of a role that takes calls (an unloaded one loads its model on the next)."""
 
-for command in (*cli_roles.COMMANDS, *cli_hub.COMMANDS):
+for command in (*role_commands.COMMANDS, *pull_commands.COMMANDS):
     app.command()(command)
 
 
