@@ -90,6 +90,9 @@ def models_local(as_json: bool) -> None:
     if as_json:
         print(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
         return
+    if not rows:
+        print(f"no models in {cache_dir()}; fetch one: lilbee-workers pull ORG/REPO[:QUANT]")
+        return
     table = Table(title=f"models in {cache_dir()}")
     for column in ("model", "size", "arch", "roles"):
         table.add_column(column)

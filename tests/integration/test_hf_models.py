@@ -104,6 +104,9 @@ def test_models_local_lists_the_cache_and_rm_removes_one(
     assert leftovers(tmp_path / "hf") == []
     again = cli("rm", REPO)
     assert again.exit_code == 1 and f"{REPO} is not in the local model cache" in again.output
+    empty = cli("models", "--local")  # an empty cache says how to fill it
+    assert empty.exit_code == 0 and "no models in" in empty.stdout
+    assert "lilbee-workers pull" in empty.stdout
 
 
 def test_serve_with_auto_pull_pulls_what_is_missing_and_serves_it(
