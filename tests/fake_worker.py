@@ -34,6 +34,7 @@ from lilbee_workers.transport.frames import (
     Ready,
     Request,
 )
+from lilbee_workers.types import ChatMessage
 
 Behaviour = Literal["answer", "crash", "hang", "error", "chunk_then_crash", "outside_kill"]
 _pids = itertools.count(90001)
@@ -203,3 +204,22 @@ class FakeWorker:
     def close_data(self) -> None:
         if self.ready is not None:
             self.data.close()
+
+
+EMBED = EmbedRequest(id=7, texts=["x"])
+"""A one-text embed request, for the replica and lifecycle tests."""
+
+
+def chat(text: str) -> ChatRequest:
+    return ChatRequest(id=7, messages=[ChatMessage(role="user", content=text)])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds, or fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)

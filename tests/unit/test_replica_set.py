@@ -10,29 +10,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from fake_worker import Script
+from fake_worker import EMBED, Script, chat, wait_for
 
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ConfigError, WorkerCrashed, WorkerError
 from lilbee_workers.parent.replicas import ReplicaSet
-from lilbee_workers.transport.frames import ChatChunk, ChatRequest, ChatResult, EmbedRequest
-from lilbee_workers.types import ChatMessage, RoleState
-
-EMBED = EmbedRequest(id=7, texts=["x"])
-
-
-def chat(text: str) -> ChatRequest:
-    return ChatRequest(id=7, messages=[ChatMessage(role="user", content=text)])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+from lilbee_workers.transport.frames import ChatChunk, ChatResult
+from lilbee_workers.types import RoleState
 
 
 def served_by(scripts: list[Script]) -> list[int]:

@@ -12,31 +12,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from fake_worker import Script
+from fake_worker import EMBED, Script, chat, wait_for
 
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import WorkerError, WorkerUnavailable
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.queue import Respawn, RoleQueue
 from lilbee_workers.parent.replicas import ReplicaSet
-from lilbee_workers.transport.frames import ChatRequest, ChatResult, EmbedRequest, Request
-from lilbee_workers.types import ChatMessage
-
-EMBED = EmbedRequest(id=7, texts=["x"])
-
-
-def chat(text: str) -> ChatRequest:
-    return ChatRequest(id=7, messages=[ChatMessage(role="user", content=text)])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+from lilbee_workers.transport.frames import ChatResult, Request
 
 
 @pytest.fixture
