@@ -80,6 +80,27 @@ def wait_for_state(sup: Supervisor, role: str, state: str, timeout: float = 20) 
         time.sleep(0.02)
 
 
+def direct_embeddings(model_path: str, texts: list[str]) -> Any:
+    """``texts`` embedded by llama-cpp-python in this process, as the worker configures
+    gemma (mean pooling: none in its metadata): the independent reference."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=model_path,
+        embedding=True,
+        pooling_type=1,
+        n_ctx=1024,
+        n_batch=2048,
+        n_ubatch=512,
+        verbose=False,
+    )
+    try:
+        return np.asarray(llm.embed(texts, normalize=True), dtype=np.float32)
+    finally:
+        llm.close()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -173,3 +194,36 @@ def ray_cluster() -> Iterator[Any]:
 
         ray.shutdown()  # this process's driver, if a supervisor here joined the cluster
         cluster.stop()
+
+
+@pytest.fixture
+def start_set(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start a ReplicaSet of fake workers, one ``Script`` per replica; closed after."""
+    from fake_worker import Script
+
+    from lilbee_workers.parent.replicas import ReplicaSet
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    started: list[ReplicaSet] = []
+
+    def start(scripts: list[Script], replicas: int = 0, **settings: object) -> ReplicaSet:
+        config = RoleConfig(
+            model=str(model),
+            replicas=replicas or len(scripts),
+            restart_backoff_s=0.01,
+            restart_backoff_max_s=0.02,
+            **settings,  # type: ignore[arg-type]
+        )
+        replica_set = ReplicaSet(
+            scripts[0].role, config, tmp_path, 1 << 20, new_worker=lambda i: scripts[i].factory
+        )
+        replica_set.start()
+        assert replica_set.wait_started(10)
+        started.append(replica_set)
+        return replica_set
+
+    yield start
+    for replica_set in started:
+        replica_set.close()
+        assert replica_set.join(10)

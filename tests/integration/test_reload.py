@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import structlog
 
-from conftest import pid_alive, wait_until
+from conftest import direct_embeddings, pid_alive, wait_until
 from lilbee_workers import Supervisor, SupervisorConfig
 
 TEXTS = ["honey bees fan the hive to dry the nectar", "the queen lays the eggs"]
@@ -30,21 +30,7 @@ def with_role(config: SupervisorConfig, role: str, **settings: Any) -> Superviso
 @pytest.fixture(scope="module")
 def reference(model_path: str) -> np.ndarray[Any, Any]:
     """TEXTS embedded by llama-cpp-python in this process, as the worker configures it."""
-    from llama_cpp import Llama
-
-    llm = Llama(
-        model_path=model_path,
-        embedding=True,
-        pooling_type=1,  # mean: what the worker resolves for gemma (none in its metadata)
-        n_ctx=1024,
-        n_batch=2048,
-        n_ubatch=512,
-        verbose=False,
-    )
-    try:
-        return np.asarray(llm.embed(TEXTS, normalize=True), dtype=np.float32)
-    finally:
-        llm.close()
+    return direct_embeddings(model_path, TEXTS)  # type: ignore[no-any-return]
 
 
 def test_a_reload_the_role_cannot_start_under_is_rolled_back_and_tried_again(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import wait_until
+from conftest import direct_embeddings, wait_until
 from lilbee_workers import Supervisor, SupervisorConfig
 
 TEXTS = [f"honey bees number {i} fan the hive to dry the nectar" for i in range(8)]
@@ -24,21 +24,7 @@ TEXTS = [f"honey bees number {i} fan the hive to dry the nectar" for i in range(
 @pytest.fixture(scope="module")
 def reference(model_path: str) -> np.ndarray[Any, Any]:
     """TEXTS embedded by llama-cpp-python in this process, as the worker configures it."""
-    from llama_cpp import Llama
-
-    llm = Llama(
-        model_path=model_path,
-        embedding=True,
-        pooling_type=1,  # mean: what the worker resolves for gemma (none in its metadata)
-        n_ctx=1024,
-        n_batch=2048,
-        n_ubatch=512,
-        verbose=False,
-    )
-    try:
-        return np.asarray(llm.embed(TEXTS, normalize=True), dtype=np.float32)
-    finally:
-        llm.close()
+    return direct_embeddings(model_path, TEXTS)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ restarts that keep serving, resizing on reload, and the role's status as a whole
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -14,7 +13,6 @@ from fake_worker import EMBED, Script, chat, wait_for
 
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ConfigError, WorkerCrashed, WorkerError
-from lilbee_workers.parent.replicas import ReplicaSet
 from lilbee_workers.transport.frames import ChatChunk, ChatResult
 from lilbee_workers.types import RoleState
 
@@ -22,38 +20,6 @@ from lilbee_workers.types import RoleState
 def served_by(scripts: list[Script]) -> list[int]:
     """How many requests each replica's workers received, all generations together."""
     return [sum(len(w.requests) for w in script.workers) for script in scripts]
-
-
-@pytest.fixture
-def start_set(tmp_path: Path) -> Iterator[Callable[..., ReplicaSet]]:
-    model = tmp_path / "model.gguf"
-    model.write_bytes(b"GGUF")
-    started: list[ReplicaSet] = []
-
-    def start(scripts: list[Script], replicas: int = 0, **settings: object) -> ReplicaSet:
-        config = RoleConfig(
-            model=str(model),
-            replicas=replicas or len(scripts),
-            restart_backoff_s=0.01,
-            restart_backoff_max_s=0.02,
-            **settings,  # type: ignore[arg-type]
-        )
-        replica_set = ReplicaSet(
-            scripts[0].role,
-            config,
-            tmp_path,
-            1 << 20,
-            new_worker=lambda index: scripts[index].factory,
-        )
-        replica_set.start()
-        assert replica_set.wait_started(10)
-        started.append(replica_set)
-        return replica_set
-
-    yield start
-    for replica_set in started:
-        replica_set.close()
-        assert replica_set.join(10)
 
 
 def test_a_busy_replica_is_passed_over_for_an_idle_one(start_set) -> None:

@@ -7,47 +7,16 @@ the dispatcher's idle step does not end its thread; retired replicas are let go.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import msgspec
-import pytest
 from fake_worker import EMBED, Script, chat, wait_for
 
-from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import WorkerError, WorkerUnavailable
 from lilbee_workers.parent.dispatcher import RoleDispatcher
 from lilbee_workers.parent.queue import Respawn, RoleQueue
 from lilbee_workers.parent.replicas import ReplicaSet
 from lilbee_workers.transport.frames import ChatResult, Request
-
-
-@pytest.fixture
-def start_set(tmp_path: Path) -> Iterator[Callable[..., ReplicaSet]]:
-    model = tmp_path / "model.gguf"
-    model.write_bytes(b"GGUF")
-    started: list[ReplicaSet] = []
-
-    def start(scripts: list[Script], replicas: int = 0, **settings: object) -> ReplicaSet:
-        config = RoleConfig(
-            model=str(model),
-            replicas=replicas or len(scripts),
-            restart_backoff_s=0.01,
-            restart_backoff_max_s=0.02,
-            **settings,  # type: ignore[arg-type]
-        )
-        replica_set = ReplicaSet(
-            scripts[0].role, config, tmp_path, 1 << 20, new_worker=lambda i: scripts[i].factory
-        )
-        replica_set.start()
-        assert replica_set.wait_started(10)
-        started.append(replica_set)
-        return replica_set
-
-    yield start
-    for replica_set in started:
-        replica_set.close()
-        assert replica_set.join(10)
 
 
 class NotServing:
