@@ -20,6 +20,7 @@ from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
 MAX_SECONDS = 7 * 24 * 3600.0  # longest *_s value (a week): past it a typo; inf breaks timers
 MAX_REPLICAS = 64  # workers one role may run, each with its own copy of the model
+MAX_PARALLEL = 64  # streams one chat worker batches
 
 log = structlog.get_logger("lilbee_workers.config")
 
@@ -88,6 +89,11 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     ``InvalidRequest``, answered before any worker is involved."""
     replicas: int = 1
     """Workers of this role side by side, each with its own copy of the model."""
+    parallel: int = 1
+    """chat: streams one worker generates at once (continuous batching: one copy of the
+    model, one decode step for all of them; the KV cache holds ``parallel`` x ``n_ctx``
+    tokens). 1: one call at a time, each answer exactly what a solo call gives; above 1
+    a temperature-0 answer may depend on what runs beside it (docs/performance.md)."""
     standby: bool = False
     """Keep one spare worker loaded and waiting: a crashed or hung worker is replaced at
     once (milliseconds, not a model load). Costs a second copy of the model in RAM."""
@@ -164,6 +170,11 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
             found.append(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
                          f"replica takes over at once), not {self.replicas}")  # fmt: skip
+        if not 1 <= self.parallel <= MAX_PARALLEL:
+            found.append(f"{where}.parallel must be 1 to {MAX_PARALLEL}, not {self.parallel}")
+        elif self.parallel > 1 and role != "chat":
+            found.append(f"{where}.parallel: only the chat role batches streams (set 1, or "
+                         "use replicas)")  # fmt: skip
         asks = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
         found += ray_ask_problems(where, asks)
         if self.max_restarts < 0:

@@ -74,6 +74,13 @@ class RoleStatus(msgspec.Struct):
     """How many workers this role has started; the current one is number ``generation``."""
     last_exit: str = ""
     in_flight: int = 0
+    """Calls running on the worker: up to ``slots`` (``parallel``) at once."""
+    slots: int = 1
+    """Calls one worker runs at once (the chat role's ``parallel``; replicas add up)."""
+    stream_tokens_per_s: list[float] = msgspec.field(default_factory=list)
+    """Each running stream's generation rate so far (completion tokens per second)."""
+    kv_cache_bytes: int = 0
+    """The worker's KV cache (all its slots), as llama.cpp sized it; 0 when unknown."""
     queued: int = 0
     served: int = 0
     errors: int = 0

@@ -152,6 +152,10 @@ class Ready(Frame, tag="ready"):
     load_seconds: float = 0.0
     node: str = ""
     """The Ray node the worker runs on (Ray backend); empty for a local worker."""
+    slots: int = 1
+    """Calls the worker runs at once (continuous batching); others it takes in turn."""
+    kv_cache_bytes: int = 0
+    """Bytes of the worker's KV cache (every slot's), as llama.cpp allocated them."""
 
 
 class LoadFailed(Frame, tag="load_failed"):
@@ -196,6 +200,8 @@ class ChatChunk(Frame, tag="chunk"):
     id: int
     index: int
     text: str
+    tokens: int = 0
+    """Completion tokens generated so far, this chunk's included (0: not counted)."""
 
 
 class ChatResult(Frame, tag="chat_result"):
