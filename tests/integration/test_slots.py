@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from conftest import wait_until
-from lilbee_workers import Supervisor, SupervisorConfig
+from lilbee_workers import Supervisor, SupervisorConfig, testing
 from lilbee_workers.errors import Cancelled
+from lilbee_workers.transport.frames import DebugRequest
 
 PROMPTS = [
     "Honey is made by",
@@ -34,9 +35,7 @@ N_CTX = 256
 def llm(model_path: str) -> Iterator[Any]:
     from llama_cpp import Llama
 
-    model = Llama(
-        model_path=model_path, n_ctx=N_CTX, n_threads=2, n_threads_batch=2, verbose=False
-    )
+    model = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=2, n_threads_batch=2, verbose=False)
     yield model
     model.close()
 
@@ -115,9 +114,7 @@ def test_streams_run_side_by_side_on_one_worker_and_agree_with_llama_cpp_python(
     assert after.served - before.served == len(streams)
 
 
-def test_one_stream_alone_gives_the_solo_answer_exactly(
-    batched_sup: Supervisor, llm: Any
-) -> None:
+def test_one_stream_alone_gives_the_solo_answer_exactly(batched_sup: Supervisor, llm: Any) -> None:
     for prompt in PROMPTS[:3]:
         result = batched_sup.complete(prompt, max_tokens=24, temperature=0).collect()
         assert result.text == solo(llm, prompt, 24)["text"]
@@ -161,3 +158,23 @@ def test_status_shows_slots_in_use_and_each_streams_rate(batched_sup: Supervisor
         stream.join(120)
         assert stream.error is None
     assert not isinstance(streams[0].error, Cancelled)
+
+
+def test_a_call_run_from_an_idle_role_returns_while_a_later_stream_still_runs(
+    batched_sup: Supervisor,
+) -> None:
+    """A non-streaming call that finds the role idle may run on its caller's thread;
+    on a batching worker that thread must not stay to serve the streams that join."""
+    sleep = DebugRequest(id=0, action="sleep", seconds=1.0)
+    done = threading.Event()
+    sleeper = threading.Thread(
+        target=lambda: (testing.debug(batched_sup, "chat", sleep), done.set()), daemon=True
+    )
+    sleeper.start()
+    wait_until(lambda: batched_sup.role_status("chat").in_flight == 1, 30, "the sleep runs")
+    long = Stream(batched_sup, PROMPTS[0], 600)
+    long.start()
+    assert done.wait(60), "the sleep's caller never got its answer"
+    assert long.is_alive(), "the sleep's caller was held until the stream ended"
+    long.join(180)
+    assert long.error is None
