@@ -202,16 +202,25 @@ def check_fits(config: SupervisorConfig, available: int | None = None) -> list[R
         return needs
     worst = max(needs, key=lambda m: m.total)
     others = sum(m.total for m in needs) - worst.total
-    left = free - others
-    each = f"{worst.workers} workers, each " if worst.workers > 1 else ""
-    raise ConfigError(
-        f"roles.{worst.role}: {each}parallel {worst.parallel} x n_ctx {worst.n_ctx} needs a "
-        f"{gib(worst.kv_bytes)} KV cache (+{gib(worst.weights_bytes)} weights); "
-        f"{gib(max(left, 0))} available"
-        + (f" ({gib(free)} free less {gib(others)} for the other roles)" if others else "")
-        + ": lower parallel or n_ctx"
-        + (", or replicas" if worst.workers > 1 else "")
-    )
+    raise DoesNotFit(worst, free, others)
+
+
+class DoesNotFit(ConfigError):
+    """A role's workers need more memory than is left for them; the figures say so."""
+
+    def __init__(self, need: RoleMemory, free: int, others: int) -> None:
+        self.role = need.role
+        text = (
+            f"roles.{need.role}: parallel {need.parallel} x n_ctx {need.n_ctx} needs a "
+            f"{gib(need.kv_bytes)} KV cache (+{gib(need.weights_bytes)} weights)"
+        )
+        if need.workers > 1:
+            text += f" per worker, x {need.workers} workers = {gib(need.total)}"
+        text += f"; {gib(max(free - others, 0))} available"
+        if others:
+            text += f" ({gib(free)} free less {gib(others)} for the other roles)"
+        fix = ", or replicas" if need.workers > 1 else ""
+        super().__init__(f"{text}: lower parallel or n_ctx{fix}")
 
 
 def default_threads() -> int:
@@ -227,30 +236,49 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def role_threads(config: SupervisorConfig) -> dict[str, tuple[int, int]]:
-    """Per role: (workers that compute at once, threads each). A standby worker waits
-    idle, so it is not counted."""
-    return {
-        role: (c.replicas, c.n_threads or default_threads()) for role, c in config.roles.items()
-    }
+@dataclass
+class ThreadLoad:
+    """The threads the workers of a config compute with at once, and the cores."""
+
+    cores: int
+    roles: dict[str, tuple[int, int]]
+    """Per role: workers that compute at once (a standby waits idle: not counted), and
+    threads each (``n_threads``, or llama-cpp-python's default)."""
+
+    @property
+    def total(self) -> int:
+        return sum(workers * threads for workers, threads in self.roles.values())
+
+    @property
+    def over(self) -> bool:
+        return self.total > self.cores
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{role} {w} x {t}" for role, (w, t) in self.roles.items())
+        return f"{self.total} threads ({parts}; workers x n_threads) on {self.cores} cores"
+
+
+def thread_load(config: SupervisorConfig, cores: int | None = None) -> ThreadLoad | None:
+    """The local workers' threads against this machine's cores (None with Ray: its
+    actors run on other machines' cores)."""
+    if config.backend != "local":
+        return None
+    roles = {r: (c.replicas, c.n_threads or default_threads()) for r, c in config.roles.items()}
+    return ThreadLoad(usable_cores() if cores is None else cores, roles)
+
+
+THREADS_FIX = "set n_threads so that workers x n_threads, summed over the roles, is at most"
 
 
 def threads_warning(config: SupervisorConfig, cores: int | None = None) -> str | None:
-    """A warning when the local workers' threads together exceed the cores (llama.cpp's
-    threads then spin against each other and every worker slows down), else None."""
-    if config.backend != "local":
+    """A warning when the local workers' threads together exceed the cores, else None."""
+    load = thread_load(config, cores)
+    if load is None or not load.over:
         return None
-    cores = usable_cores() if cores is None else cores
-    counts = role_threads(config)
-    total = sum(workers * threads for workers, threads in counts.values())
-    if total <= cores:
-        return None
-    parts = ", ".join(f"{role} {w} x {t}" for role, (w, t) in counts.items())
     return (
-        f"the workers' threads add up to {total} ({parts}; workers x n_threads) on "
-        f"{cores} cores: llama.cpp's threads spin against each other and every worker slows "
-        f"down (two chat replicas x 2 threads on 2 cores ran 16-33 tok/s, x 1 thread 90-95); "
-        f"set n_threads so that the sum is at most {cores}"
+        f"the workers' threads exceed the cores: {load.describe()}. llama.cpp's threads "
+        "spin against each other and every worker slows down (two chat replicas x 2 "
+        f"threads on 2 cores ran 16-33 tok/s, x 1 thread 90-95); {THREADS_FIX} {load.cores}"
     )
 
 

@@ -189,7 +189,7 @@ def test_threads_past_the_cores_are_warned_of() -> None:
     """The measured collapse: two chat replicas x 2 threads on 2 cores."""
     warning = memory.threads_warning(threads_config(2, 2), cores=2)
     assert warning is not None
-    assert "add up to 4 (chat 2 x 2;" in warning and "on 2 cores" in warning
+    assert "4 threads (chat 2 x 2;" in warning and "on 2 cores" in warning
     assert "at most 2" in warning
     assert memory.threads_warning(threads_config(2, 1), cores=2) is None
     assert memory.threads_warning(threads_config(2, 2, "ray"), cores=2) is None
@@ -231,3 +231,15 @@ def test_per_layer_head_counts_are_summed_and_encoders_keep_no_cache() -> None:
     assert memory.kv_bytes_per_cell(hybrid) == (2 + 2) * (64 + 64) * 2
     bert = GGUFInfo(3, 0, {"general.architecture": "bert", "bert.block_count": 12})
     assert memory.kv_bytes_per_cell(bert) == 0
+
+
+def test_the_daemons_start_log_has_the_threads_warning(
+    model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lilbee_workers.service.daemon import Daemon
+
+    monkeypatch.setattr(memory, "usable_cores", lambda: 2)
+    with structlog.testing.capture_logs() as logs:
+        Daemon(config_of(model_path, replicas=2, n_threads=2))
+    [warned] = [e for e in logs if e["event"] == "the workers' threads exceed the cores"]
+    assert "5 threads (embed 1 x 1, chat 2 x 2;" in warned["detail"]
