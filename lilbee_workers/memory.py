@@ -121,13 +121,16 @@ class RoleMemory:
         return self.workers * (self.kv_bytes + self.weights_bytes)
 
     def describe(self) -> str:
-        """``parallel 4 x n_ctx 2048: KV cache 0.28 GiB + weights 0.24 GiB``, per worker."""
+        """``parallel 8 x n_ctx 2048: KV cache 360 MiB + weights 241 MiB``, per worker."""
         text = f"parallel {self.parallel} x n_ctx {self.n_ctx}: KV cache {gib(self.kv_bytes)}"
         text += f" + weights {gib(self.weights_bytes)}"
         return text + (f", x {self.workers} workers" if self.workers > 1 else "")
 
 
 def gib(n_bytes: int) -> str:
+    """``37.12 GiB``, or ``360 MiB`` below a GiB."""
+    if abs(n_bytes) < GiB:
+        return f"{n_bytes / 2**20:.0f} MiB"
     return f"{n_bytes / GiB:.2f} GiB"
 
 

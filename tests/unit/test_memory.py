@@ -142,13 +142,14 @@ def test_a_config_that_does_not_fit_is_refused_with_the_figures(model_path: str)
     config = config_of(model_path, parallel=64, n_ctx=32768)
     per_cell = memory.kv_bytes_per_cell(read_metadata(model_path))
     kv = (32768 + 65 * 32768) * per_cell / 2**30
+    weights = os.path.getsize(model_path) / 2**20
     other = (2048 * per_cell + os.path.getsize(model_path)) / 2**30  # the embed role
     with pytest.raises(ConfigError) as refused:
         memory.check_fits(config, available=3 * 2**30)
     message = str(refused.value)
     assert message.startswith(
         f"roles.chat: parallel 64 x n_ctx 32768 needs a {kv:.2f} GiB KV cache "
-        f"(+{os.path.getsize(model_path) / 2**30:.2f} GiB weights); {3 - other:.2f} GiB available"
+        f"(+{weights:.0f} MiB weights); {3 - other:.2f} GiB available"
     )
     assert "for the other roles" in message and "lower parallel or n_ctx" in message
     assert kv > 3  # the figure itself is what does not fit
