@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import msgspec
 import structlog
 
 from lilbee_workers import catalog
@@ -81,7 +82,7 @@ def kv_bytes_per_cell(info: GGUFInfo) -> int:
     if arch in NO_KV_CACHE:
         return 0
     layers = info.get(f"{arch}.block_count")
-    if not isinstance(layers, int):
+    if not isinstance(layers, int) or layers < 1:
         raise GGUFError(f"no {arch}.block_count in the metadata: cannot size the KV cache")
     heads = _per_layer(info, f"{arch}.attention.head_count", layers)
     kv_heads = _per_layer(info, f"{arch}.attention.head_count_kv", layers) or heads
@@ -289,6 +290,23 @@ def check_machine(config: SupervisorConfig) -> None:
     """At start: refuse a config whose workers will not fit in memory (``ConfigError``
     with the figures), and log a warning when their threads exceed the cores."""
     check_fits(config)
+    warn_threads(config)
+
+
+def warn_threads(config: SupervisorConfig) -> None:
     warning = threads_warning(config)
     if warning is not None:
         log.warning("the workers' threads exceed the cores", detail=warning)
+
+
+def check_reload(old: SupervisorConfig, new: SupervisorConfig, changed: list[str]) -> None:
+    """A reload restarts only the ``changed`` roles: their new workers must fit in what
+    is free now plus what their old workers give back (``ConfigError`` if not)."""
+    warn_threads(new)
+    free = available_bytes()
+    if new.backend != "local" or not changed or free is None:
+        return
+    olds = [role_memory(role, old.roles[role]) for role in changed]
+    freed = sum(need.total for need in olds if need is not None)
+    moving = msgspec.structs.replace(new, roles={role: new.roles[role] for role in changed})
+    check_fits(moving, available=free + freed)

@@ -247,6 +247,7 @@ class Supervisor(WorkerAPI):
             raise InvalidRequest("reload cannot change backend or ray_address; restart the daemon")
         old = self.config
         changed = [role for role, new in config.roles.items() if new != old.roles[role]]
+        memory.check_reload(old, config, changed)  # refuses what will not fit, before any stop
         jobs = {role: self._dispatchers[role].restart(config.roles[role]) for role in changed}
         failed: dict[str, str] = {}
         for role, job in jobs.items():

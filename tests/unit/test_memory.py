@@ -244,3 +244,21 @@ def test_the_daemons_start_log_has_the_threads_warning(
         Daemon(config_of(model_path, replicas=2, n_threads=2))
     [warned] = [e for e in logs if e["event"] == "the workers' threads exceed the cores"]
     assert "5 threads (embed 1 x 1, chat 2 x 2;" in warned["detail"]
+
+
+def test_a_reload_that_will_not_fit_is_refused_before_any_worker_stops(
+    model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the changed roles restart: their new needs against what is free now plus
+    what their old workers give back."""
+    sup = Supervisor(config_of(model_path))  # not started: a refused reload touches nothing
+    per_cell = memory.kv_bytes_per_cell(read_metadata(model_path))
+    old_chat = 2048 * per_cell + os.path.getsize(model_path)
+    new_chat = (1024 + 5 * 1024) * per_cell + os.path.getsize(model_path)
+    bigger = config_of(model_path, parallel=4, n_ctx=1024)
+    monkeypatch.setattr(memory, "available_bytes", lambda: new_chat - old_chat - 1)
+    with pytest.raises(ConfigError, match=r"^roles.chat: parallel 4 x n_ctx 1024 needs a "):
+        sup.reload(bigger)
+    assert sup.config.roles["chat"].parallel == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda: new_chat - old_chat)
+    memory.check_reload(sup.config, bigger, ["chat"])  # just fits: no error
