@@ -196,14 +196,15 @@ def test_threads_past_the_cores_are_warned_of() -> None:
     assert memory.threads_warning(threads_config(2, 2, "ray"), cores=2) is None
 
 
-def test_unset_threads_count_as_llama_cpp_pythons_default() -> None:
-    import multiprocessing
-
+def test_unset_threads_count_as_llama_cpp_pythons_default(tiny_llamas: dict[int, Path]) -> None:
+    """The reference: the threads a ``Llama`` opened without ``n_threads`` computes with."""
     from llama_cpp import Llama
 
-    source = inspect.getsource(Llama.__init__)
-    assert "n_threads or max(multiprocessing.cpu_count() // 2, 1)" in source
-    assert memory.default_threads() == max(multiprocessing.cpu_count() // 2, 1)
+    llm = Llama(model_path=str(tiny_llamas[4]), n_ctx=256, verbose=False)
+    try:
+        assert memory.default_threads() == llm.context_params.n_threads
+    finally:
+        llm.close()
     cores = 3 * memory.default_threads() - 1
     assert memory.threads_warning(threads_config(3, None), cores=cores) is not None
     assert memory.threads_warning(threads_config(3, None), cores=cores + 1) is None
