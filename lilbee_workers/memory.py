@@ -29,7 +29,9 @@ from lilbee_workers.hub.cache import resolve_path
 
 CACHE_ELEMENT_BYTES = 2  # f16, llama.cpp's default cache type (type_k, type_v)
 CELL_PAD = 256  # llama.cpp pads a context (and each sequence's cells) to this
-STEP_TOKENS = 64  # BatchedGenerator's step size (roles/batching.py); a test keeps them equal
+STEP_TOKENS = (
+    64  # BatchedGenerator's default step size (roles/batching.py); a test keeps them equal
+)
 NO_KV_CACHE = frozenset({
     "bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2",
     "jina-bert-v3", "eurobert", "gemma-embedding", "wavtokenizer-dec", "dream", "llada",
@@ -62,9 +64,19 @@ def batched_cells(streams: int, stream_ctx: int, step_tokens: int = STEP_TOKENS)
 
 def worker_cells(config: RoleConfig) -> int:
     """A worker's KV cells: its ``Llama`` context of ``n_ctx``, and with ``parallel`` > 1
-    the batched context beside it (same model, one copy of the weights)."""
+    the batched context beside it (same model, one copy of the weights), whose step holds
+    ``min(n_batch, n_ubatch)`` tokens as the chat worker's engine (child/engine.py) sets it."""
     cells = context_cells(config.n_ctx)
-    return cells + batched_cells(config.parallel, config.n_ctx) if config.parallel > 1 else cells
+    if config.parallel == 1:
+        return cells
+    step = max(min(config.n_batch, config.n_ubatch), config.parallel + 1)
+    return cells + batched_cells(config.parallel, config.n_ctx, step)
+
+
+def cache_bytes(model_path: str, cells: int) -> int:
+    """The KV cache of ``cells`` cells of this model (e.g. a worker's ``llama_n_ctx`` of
+    each of its contexts added up), from its GGUF metadata."""
+    return cells * kv_bytes_per_cell(_metadata(model_path, os.stat(model_path)))
 
 
 def _per_layer(info: GGUFInfo, key: str, layers: int) -> list[int] | None:

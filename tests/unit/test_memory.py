@@ -90,6 +90,7 @@ def test_the_estimate_is_llama_cpps_own_figure(
                 cells = memory.batched_cells(streams, stream_ctx, step)
                 assert llama_cpp.llama_n_ctx(gen._ctx) == cells
                 assert logged_mib(kv_log) == pytest.approx(cells * per_cell / MiB, abs=0.006)
+                assert memory.cache_bytes(str(path), cells) == cells * per_cell
     finally:
         llm.close()
 
@@ -130,6 +131,27 @@ def test_a_roles_need_counts_every_worker_and_the_batched_context(
     assert need.total == 2 * (need.kv_bytes + need.weights_bytes)
     single = memory.role_memory("chat", msgspec.structs.replace(config, parallel=1))
     assert single is not None and single.kv_bytes == pytest.approx(1024 * per_cell_logged, rel=1e-3)
+
+
+def test_a_short_context_is_sized_by_the_step_as_the_worker_makes_it(
+    tiny_llamas: dict[int, Path], kv_log: list[str]
+) -> None:
+    """n_ctx below the step (min(n_batch, n_ubatch) tokens, as child/engine.py opens the
+    generator): each sequence gets the step's room, as llama.cpp's own figure shows."""
+    import llama_cpp
+
+    path = tiny_llamas[4]
+    config = RoleConfig(model=str(path), n_ctx=256, parallel=3, n_ubatch=512)
+    llm = llama(path, n_ctx=256)
+    try:
+        with BatchedGenerator.from_llama(llm, streams=3, stream_ctx=256, step_tokens=512) as gen:
+            cells = llama_cpp.llama_n_ctx(llm.ctx) + llama_cpp.llama_n_ctx(gen._ctx)
+            logged = logged_mib(kv_log) * MiB
+    finally:
+        llm.close()
+    need = memory.role_memory("chat", config)
+    assert need is not None and cells == memory.worker_cells(config) == 256 + 4 * 768
+    assert need.kv_bytes == pytest.approx(logged, abs=0.02 * MiB)
 
 
 def config_of(model: str, **chat: Any) -> SupervisorConfig:
