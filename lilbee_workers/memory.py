@@ -29,9 +29,8 @@ from lilbee_workers.hub.cache import resolve_path
 
 CACHE_ELEMENT_BYTES = 2  # f16, llama.cpp's default cache type (type_k, type_v)
 CELL_PAD = 256  # llama.cpp pads a context (and each sequence's cells) to this
-STEP_TOKENS = (
-    64  # BatchedGenerator's default step size (roles/batching.py); a test keeps them equal
-)
+STEP_TOKENS = 64
+"""BatchedGenerator's default step size (roles/batching.py); a test keeps them equal."""
 NO_KV_CACHE = frozenset({
     "bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2",
     "jina-bert-v3", "eurobert", "gemma-embedding", "wavtokenizer-dec", "dream", "llada",
@@ -135,12 +134,12 @@ class RoleMemory:
 
     def describe(self) -> str:
         """``parallel 8 x n_ctx 2048: KV cache 360 MiB + weights 241 MiB``, per worker."""
-        text = f"parallel {self.parallel} x n_ctx {self.n_ctx}: KV cache {gib(self.kv_bytes)}"
-        text += f" + weights {gib(self.weights_bytes)}"
+        text = f"parallel {self.parallel} x n_ctx {self.n_ctx}: KV cache {size_text(self.kv_bytes)}"
+        text += f" + weights {size_text(self.weights_bytes)}"
         return text + (f", x {self.workers} workers" if self.workers > 1 else "")
 
 
-def gib(n_bytes: int) -> str:
+def size_text(n_bytes: int) -> str:
     """``37.12 GiB``, or ``360 MiB`` below a GiB."""
     if abs(n_bytes) < GiB:
         return f"{n_bytes / 2**20:.0f} MiB"
@@ -214,7 +213,7 @@ def check_fits(config: SupervisorConfig, available: int | None = None) -> list[R
         return []
     needs = [m for role, c in config.roles.items() if (m := role_memory(role, c)) is not None]
     free = available_bytes() if available is None else available
-    if free is None or sum(m.total for m in needs) <= free:
+    if free is None or not needs or sum(m.total for m in needs) <= free:
         return needs
     worst = max(needs, key=lambda m: m.total)
     others = sum(m.total for m in needs) - worst.total
@@ -228,13 +227,13 @@ class DoesNotFit(ConfigError):
         self.role = need.role
         text = (
             f"roles.{need.role}: parallel {need.parallel} x n_ctx {need.n_ctx} needs a "
-            f"{gib(need.kv_bytes)} KV cache (+{gib(need.weights_bytes)} weights)"
+            f"{size_text(need.kv_bytes)} KV cache (+{size_text(need.weights_bytes)} weights)"
         )
         if need.workers > 1:
-            text += f" per worker, x {need.workers} workers = {gib(need.total)}"
-        text += f"; {gib(max(free - others, 0))} available"
+            text += f" per worker, x {need.workers} workers = {size_text(need.total)}"
+        text += f"; {size_text(max(free - others, 0))} available"
         if others:
-            text += f" ({gib(free)} free less {gib(others)} for the other roles)"
+            text += f" ({size_text(free)} free less {size_text(others)} for the other roles)"
         fix = ", or replicas" if need.workers > 1 else ""
         super().__init__(f"{text}: lower parallel or n_ctx{fix}")
 
@@ -306,6 +305,8 @@ def check_machine(config: SupervisorConfig) -> None:
 
 
 def warn_threads(config: SupervisorConfig) -> None:
+    """Log ``threads_warning`` (at start and on each reload), so the journal says why
+    every role slowed down."""
     warning = threads_warning(config)
     if warning is not None:
         log.warning("the workers' threads exceed the cores", detail=warning)

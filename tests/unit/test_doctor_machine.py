@@ -42,8 +42,8 @@ def test_each_roles_kv_cache_and_parallel_are_shown(model_path: str, tmp_path: P
     assert chat is not None
     assert found["chat.memory"]["level"] == "ok"
     assert found["chat.memory"]["message"] == (
-        f"parallel 4 x n_ctx 1024: KV cache {memory.gib(chat.kv_bytes)} + weights "
-        f"{memory.gib(chat.weights_bytes)}"
+        f"parallel 4 x n_ctx 1024: KV cache {memory.size_text(chat.kv_bytes)} + weights "
+        f"{memory.size_text(chat.weights_bytes)}"
     )
     assert found["embed.memory"]["message"].startswith("parallel 1 x n_ctx 2048: KV cache ")
     text = doctor(tmp_path, roles).stdout
