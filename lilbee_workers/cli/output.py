@@ -39,9 +39,10 @@ def status_table(statuses: list[RoleStatus]) -> Table:
     table.add_column("p50/p99ms", no_wrap=True)
     table.add_column("RSS", no_wrap=True)
     rows = [s for status in statuses for s in (status, *status.replicas)]
+    batched = any(s.slots > 1 for s in rows)  # an 80-column table has no room otherwise
     extra = {  # columns only some setups need, each with what a row shows in it
-        "tok/s": _stream_rate if any(s.slots > 1 or s.stream_tokens_per_s for s in rows) else None,
-        "KV": _kv_cache if any(s.kv_cache_bytes for s in rows) else None,
+        "tok/s": _stream_rate if batched else None,
+        "KV": _kv_cache if batched else None,
         "node": _node if any(s.node for s in rows) else None,  # backend = "ray"
     }
     shown = [cell for column, cell in extra.items() if cell is not None]

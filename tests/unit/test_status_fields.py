@@ -50,8 +50,10 @@ def test_a_batched_role_shows_slots_in_use_the_streams_rate_and_its_kv_cache() -
     assert "0+0" in embed and embed[-2:] == ["-", "-"]  # one slot: no "/1"
 
 
-def test_a_table_without_batching_or_kv_figures_keeps_its_columns() -> None:
-    lines = table_text([RoleStatus(role="embed", state="ready", pid=8, in_flight=1)])
+def test_a_table_without_a_batched_role_keeps_its_80_columns() -> None:
+    status = RoleStatus(role="embed", state="ready", pid=8, in_flight=1, kv_cache_bytes=MiB,
+                        stream_tokens_per_s=[30.0])  # fmt: skip
+    lines = table_text([status])
     header = next(line for line in lines if line.startswith("role"))
     assert "tok/s" not in header and "KV" not in header
     assert "1+0" in next(line for line in lines if line.startswith("embed")).split()
