@@ -179,10 +179,18 @@ def test_a_config_that_does_not_fit_is_refused_with_the_figures(model_path: str)
     assert [m.role for m in fits] == ["embed", "chat"]
 
 
-def test_the_supervisor_refuses_at_start(model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_supervisor_and_the_daemon_refuse_at_start(
+    model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` makes its ``Daemon`` before binding the socket: the refusal comes first."""
+    from lilbee_workers.service.daemon import Daemon
+
     monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    config = config_of(model_path, parallel=16, n_ctx=32768)
     with pytest.raises(ConfigError, match=r"roles.chat: parallel 16 x n_ctx 32768 needs"):
-        Supervisor(config_of(model_path, parallel=16, n_ctx=32768))
+        Supervisor(config)
+    with pytest.raises(ConfigError, match=r"roles.chat: parallel 16 x n_ctx 32768 needs"):
+        Daemon(config)
 
 
 def test_unreadable_models_gpu_roles_and_ray_are_not_judged(tmp_path: Path) -> None:
