@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -10,19 +11,14 @@ from typing import Literal
 import msgspec
 import structlog
 
-from lilbee_workers.config_problems import (
-    convert_all,
-    duration_problems,
-    not_refused,
-    raise_all,
-    ray_ask_problems,
-)
+from lilbee_workers.config_problems import convert_all, not_refused, raise_all, ray_ask_problems
 from lilbee_workers.errors import ConfigError
 from lilbee_workers.hub.cache import resolve_path
 from lilbee_workers.listen import is_loopback, parse_listen
 from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
+MAX_SECONDS = 7 * 24 * 3600.0  # longest *_s value (a week): past it a typo; inf breaks timers
 MAX_REPLICAS = 64  # workers one role may run, each with its own copy of the model
 MAX_PARALLEL = 64  # streams one chat worker batches
 
@@ -137,24 +133,50 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     def problems(self, role: str) -> list[str]:
         """One line per bad key, each naming it (``roles.<role>.<key>``)."""
         where, found = f"roles.{role}", list[str]()
-        positive = ("n_ctx", "n_batch", "n_ubatch", "queue_size", "max_batch_items",
-                    "max_image_bytes", "coalesce_max_items", "max_image_pixels")  # fmt: skip
-        for key in positive:
-            if getattr(self, key) <= 0:
-                found.append(f"{where}.{key} must be > 0, got {getattr(self, key)}")
-        times = ("kill_after_s", "start_timeout_s", "heartbeat_interval_s",
-                 "heartbeat_timeout_s", "restart_window_s")  # fmt: skip
-        for key in times:
-            if not getattr(self, key) > 0:
-                found.append(f"{where}.{key} must be > 0 seconds, got {getattr(self, key)}")
-        others = ("cancel_grace_s", "restart_backoff_s", "restart_backoff_max_s",
-                  "failed_cooldown_s")  # fmt: skip
-        durations = {key: getattr(self, key) for key in (*times, *others)}
-        durations |= {"stall_after_s": self.stall_after_s or 0.0, "quarantine_s": self.quarantine_s}
+        positive = {
+            "n_ctx": self.n_ctx,
+            "n_batch": self.n_batch,
+            "n_ubatch": self.n_ubatch,
+            "queue_size": self.queue_size,
+            "max_batch_items": self.max_batch_items,
+            "max_image_bytes": self.max_image_bytes,
+            "coalesce_max_items": self.coalesce_max_items,
+            "max_image_pixels": self.max_image_pixels,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                found.append(f"{where}.{key} must be > 0, got {value}")
+        times = {
+            "kill_after_s": self.kill_after_s,
+            "start_timeout_s": self.start_timeout_s,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "heartbeat_timeout_s": self.heartbeat_timeout_s,
+            "restart_window_s": self.restart_window_s,
+        }
+        for key, seconds in times.items():
+            if not seconds > 0:
+                found.append(f"{where}.{key} must be > 0 seconds, got {seconds}")
+        durations = {
+            **times,
+            "cancel_grace_s": self.cancel_grace_s,
+            "restart_backoff_s": self.restart_backoff_s,
+            "restart_backoff_max_s": self.restart_backoff_max_s,
+            "failed_cooldown_s": self.failed_cooldown_s,
+            **{"stall_after_s": self.stall_after_s or 0.0, "quarantine_s": self.quarantine_s},
+        }
         for key, seconds in durations.items():
             found += duration_problems(f"{where}.{key}", seconds)
         found += duration_problems(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
-        found += self._scale_problems(role, where)
+        if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
+            found.append(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
+                         f"replica takes over at once), not {self.replicas}")  # fmt: skip
+        if not 1 <= self.parallel <= MAX_PARALLEL:
+            found.append(f"{where}.parallel must be 1 to {MAX_PARALLEL}, not {self.parallel}")
+        elif self.parallel > 1 and role != "chat":
+            found.append(f"{where}.parallel: only the chat role batches streams (set 1, or "
+                         "use replicas)")  # fmt: skip
+        asks = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
+        found += ray_ask_problems(where, asks)
         if self.max_restarts < 0:
             found.append(f"{where}.max_restarts must be >= 0, got {self.max_restarts}")
         if not self.model and not self.models:
@@ -172,21 +194,6 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             uncovered = self.model not in self.models if self.model else not self.models
             if uncovered or not all(entry.mmproj for entry in self.models.values()):
                 found.append(f"{where}.mmproj must name the multimodal projector GGUF")
-        return found
-
-    def _scale_problems(self, role: str, where: str) -> list[str]:
-        """replicas, parallel, and what a Ray actor asks for."""
-        found = ray_ask_problems(
-            where, {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
-        )
-        if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
-            found.append(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
-                         f"replica takes over at once), not {self.replicas}")  # fmt: skip
-        if not 1 <= self.parallel <= MAX_PARALLEL:
-            found.append(f"{where}.parallel must be 1 to {MAX_PARALLEL}, not {self.parallel}")
-        elif self.parallel > 1 and role != "chat":
-            found.append(f"{where}.parallel: only the chat role batches streams (set 1, or "
-                         "use replicas)")  # fmt: skip
         return found
 
     def resolved_model(self) -> str:
@@ -289,6 +296,19 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 
     def resolved_socket(self) -> Path:
         return Path(os.path.expanduser(self.socket or default_socket_path()))
+
+
+def check_duration(key: str, seconds: float) -> None:
+    """A duration must be a finite number of seconds in [0, a week]."""
+    raise_all(duration_problems(key, seconds))
+
+
+def duration_problems(key: str, seconds: float) -> list[str]:
+    """What is wrong with a duration (nothing if it is finite and in [0, a week])."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        return [f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, "
+                f"got {seconds}"]  # fmt: skip
+    return []
 
 
 def default_socket_path() -> str:

@@ -13,7 +13,6 @@ import msgspec
 from lilbee_workers.errors import ConfigError
 
 S = TypeVar("S", bound=msgspec.Struct)
-MAX_SECONDS = 7 * 24 * 3600.0  # longest *_s value (a week): past it a typo; inf breaks timers
 
 
 class ConfigProblems(ConfigError):
@@ -95,16 +94,3 @@ def ray_ask_problems(where: str, asks: dict[str, float]) -> list[str]:
         for key, amount in asks.items()
         if not (math.isfinite(amount) and amount >= 0) or key in ("CPU", "GPU", "memory")
     ]
-
-
-def check_duration(key: str, seconds: float) -> None:
-    """A duration must be a finite number of seconds in [0, a week]."""
-    raise_all(duration_problems(key, seconds))
-
-
-def duration_problems(key: str, seconds: float) -> list[str]:
-    """What is wrong with a duration (nothing if it is finite and in [0, a week])."""
-    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        return [f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, "
-                f"got {seconds}"]  # fmt: skip
-    return []
