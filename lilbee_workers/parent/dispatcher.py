@@ -193,6 +193,7 @@ class RoleDispatcher(CallPath):
             in_flight=in_flight,
             slots=ready.slots if ready is not None else self.config.parallel,
             stream_tokens_per_s=run.rates() if run is not None else [],
+            kv_cache_bytes=ready.kv_cache_bytes if ready is not None else 0,
             queued=queued,
             log_path=str(self.log_path),
             **lifecycle_fields(self.life),

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import wait_until
-from lilbee_workers import Supervisor, SupervisorConfig, testing
+from lilbee_workers import Supervisor, SupervisorConfig, memory, testing
 from lilbee_workers.errors import Cancelled
 from lilbee_workers.transport.frames import DebugRequest
 
@@ -153,6 +153,9 @@ def test_status_shows_slots_in_use_and_each_streams_rate(batched_sup: Supervisor
     wait_until(three_running, 60, "three streams in slots")
     status = seen[-1]
     assert status.slots == 4 and status.state == "busy"
+    # The worker's own KV figure (its contexts' cells) is the estimate start-up checks.
+    estimate = memory.role_memory("chat", batched_sup.config.roles["chat"])
+    assert estimate is not None and status.kv_cache_bytes == estimate.kv_bytes > 0
     assert all(rate >= 0 for rate in status.stream_tokens_per_s)
     for stream in streams:
         stream.join(120)
