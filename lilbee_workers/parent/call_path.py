@@ -116,13 +116,15 @@ class CallPath:
                 lost = run.start(first)
                 while lost is None and run.running:
                     lost = run.pump()
-                    for call, answer, seconds in run.take_answered():
-                        batch.account(self.stats, call, answer)
-                        self.stats.latency(seconds * 1000.0)
-                    for call in self.queue.take_for_slots(run.free, len(run.running)):
-                        if not call.settle_if_abandoned() and lost is None:
-                            lost = run.start(call)
+                    self._account(run)
+                    while lost is None:  # one at a time: none is taken once one is lost
+                        taken = self.queue.take_for_slots(min(run.free, 1), len(run.running))
+                        if not taken:
+                            break
+                        if not taken[0].settle_if_abandoned():
+                            lost = run.start(taken[0])
             finally:
+                self._account(run)  # what was answered on the way out, too
                 self.queue.listen(-1)
                 self.slot_run = None
                 if life.state == RoleState.BUSY:
@@ -133,6 +135,12 @@ class CallPath:
         if isinstance(after, bool):
             return after
         return self._run_call(after)
+
+    def _account(self, run: SlotRun) -> None:
+        """Count the calls the slots answered since the last count."""
+        for call, answer, seconds in run.take_answered():
+            batch.account(self.stats, call, answer)
+            self.stats.latency(seconds * 1000.0)
 
     def _after_loss(self, worker: WorkerHandle, outcome: Lost, parts: list[Call]) -> bool | Call:
         """The worker was lost under ``parts``: retire it, answer the parts that end
