@@ -181,3 +181,25 @@ def test_a_call_run_from_an_idle_role_returns_while_a_later_stream_still_runs(
     assert long.is_alive(), "the sleep's caller was held until the stream ended"
     long.join(180)
     assert long.error is None
+
+
+def test_a_chat_stream_is_prompted_as_llama_cpp_pythons_chat_completion(
+    batched_sup: Supervisor, model_path: str
+) -> None:
+    """The chat template runs as in a solo call: the same prompt tokens, the template's
+    stop string honoured, and (one stream alone) the same answer."""
+    from llama_cpp import Llama
+
+    messages = [{"role": "user", "content": "Name three colours."}]
+    llm = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=2, verbose=False)
+    try:
+        llm.chat_format = "gemma"  # what the worker falls back to for gemma (status says)
+        direct = llm.create_chat_completion(messages=messages, max_tokens=24, temperature=0)
+    finally:
+        llm.close()
+    assert batched_sup.role_status("chat").chat_template == "fallback:gemma"
+    result = batched_sup.chat(messages, max_tokens=24, temperature=0).collect()
+    assert result.prompt_tokens == direct["usage"]["prompt_tokens"]
+    assert result.completion_tokens == direct["usage"]["completion_tokens"]
+    assert result.text == direct["choices"][0]["message"]["content"]
+    assert result.finish_reason == direct["choices"][0]["finish_reason"]
