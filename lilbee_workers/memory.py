@@ -55,9 +55,9 @@ def context_cells(n_ctx: int, sequences: int = 1, unified: bool = True) -> int:
 
 def batched_cells(streams: int, stream_ctx: int, step_tokens: int = STEP_TOKENS) -> int:
     """The cells of a ``BatchedGenerator`` context (its ``_context_params``, defaults
-    otherwise): one sequence per stream plus one for padding rows, each with room for
+    otherwise: no padding rows): one sequence per stream, each with room for
     ``max(stream_ctx, step capacity)`` tokens."""
-    sequences, capacity = streams + 1, step_tokens + 2
+    sequences, capacity = streams, step_tokens + 2
     return context_cells(sequences * max(stream_ctx, capacity), sequences, unified=False)
 
 
@@ -133,7 +133,7 @@ class RoleMemory:
         return self.workers * (self.kv_bytes + self.weights_bytes)
 
     def describe(self) -> str:
-        """``parallel 8 x n_ctx 2048: KV cache 360 MiB + weights 241 MiB``, per worker."""
+        """``parallel 8 x n_ctx 2048: KV cache 324 MiB + weights 241 MiB``, per worker."""
         text = f"parallel {self.parallel} x n_ctx {self.n_ctx}: KV cache {size_text(self.kv_bytes)}"
         text += f" + weights {size_text(self.weights_bytes)}"
         return text + (f", x {self.workers} workers" if self.workers > 1 else "")

@@ -64,7 +64,9 @@ class BatchedGenerator:
         # The throw-away rows' sequences, emptied after every step: one in a unified
         # cache; one per row with per-sequence caches, where llama.cpp splits a step
         # into ubatches of equally many tokens per sequence.
-        self._pad_seqs = list(range(streams, streams + (1 if kv_unified else row_multiple)))
+        # None without padding: a sequence costs a stream's worth of KV cells.
+        pads = 0 if row_multiple == 1 else 1 if kv_unified else row_multiple
+        self._pad_seqs = list(range(streams, streams + pads))
         self._pad_token = max(L.llama_vocab_bos(self._vocab), 0)
         capacity = step_tokens + 2 * row_multiple
         self._ctx = L.llama_init_from_model(

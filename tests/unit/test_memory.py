@@ -126,7 +126,7 @@ def test_a_roles_need_counts_every_worker_and_the_batched_context(
     config = RoleConfig(model=str(path), n_ctx=1024, parallel=4, replicas=2)
     need = memory.role_memory("chat", config)
     assert need is not None
-    assert need.kv_bytes == pytest.approx((1024 + 5 * 1024) * per_cell_logged, rel=1e-3)
+    assert need.kv_bytes == pytest.approx((1024 + 4 * 1024) * per_cell_logged, rel=1e-3)
     assert need.weights_bytes == os.path.getsize(path)
     assert need.total == 2 * (need.kv_bytes + need.weights_bytes)
     single = memory.role_memory("chat", msgspec.structs.replace(config, parallel=1))
@@ -150,7 +150,7 @@ def test_a_short_context_is_sized_by_the_step_as_the_worker_makes_it(
     finally:
         llm.close()
     need = memory.role_memory("chat", config)
-    assert need is not None and cells == memory.worker_cells(config) == 256 + 4 * 768
+    assert need is not None and cells == memory.worker_cells(config) == 256 + 3 * 768
     assert need.kv_bytes == pytest.approx(logged, abs=0.02 * MiB)
 
 
@@ -163,7 +163,7 @@ def config_of(model: str, **chat: Any) -> SupervisorConfig:
 def test_a_config_that_does_not_fit_is_refused_with_the_figures(model_path: str) -> None:
     config = config_of(model_path, parallel=64, n_ctx=32768)
     per_cell = memory.kv_bytes_per_cell(read_metadata(model_path))
-    kv = (32768 + 65 * 32768) * per_cell / 2**30
+    kv = (32768 + 64 * 32768) * per_cell / 2**30
     weights = os.path.getsize(model_path) / 2**20
     other = (2048 * per_cell + os.path.getsize(model_path)) / 2**30  # the embed role
     with pytest.raises(ConfigError) as refused:
@@ -285,7 +285,7 @@ def test_a_reload_that_will_not_fit_is_refused_before_any_worker_stops(
     sup = Supervisor(config_of(model_path))  # not started: a refused reload touches nothing
     per_cell = memory.kv_bytes_per_cell(read_metadata(model_path))
     old_chat = 2048 * per_cell + os.path.getsize(model_path)
-    new_chat = (1024 + 5 * 1024) * per_cell + os.path.getsize(model_path)
+    new_chat = (1024 + 4 * 1024) * per_cell + os.path.getsize(model_path)
     bigger = config_of(model_path, parallel=4, n_ctx=1024)
     monkeypatch.setattr(memory, "available_bytes", lambda: new_chat - old_chat - 1)
     with pytest.raises(ConfigError, match=r"^roles.chat: parallel 4 x n_ctx 1024 needs a "):
