@@ -13,7 +13,13 @@ from tiny_models import WORDS
 
 
 def write_tiny_llama(
-    path: Path, *, n_embd: int = 256, n_layer: int = 2, seed: int = 7, n_head_kv: int = 4
+    path: Path,
+    *,
+    n_embd: int = 256,
+    n_layer: int = 2,
+    seed: int = 7,
+    n_head_kv: int = 4,
+    chat_template: str | None = None,
 ) -> Path:
     """Write ``path`` (Q4_K_M; K-quants need rows of 256). Random weights: it proves code
     paths and numerics, not wisdom. 4 heads; ``n_head_kv`` < 4 shares K/V heads (GQA)."""
@@ -28,6 +34,8 @@ def write_tiny_llama(
     f32 = path.with_suffix(".f32.gguf")
     writer = gguf.GGUFWriter(str(f32), "llama")
     writer.add_name("lilbee-tiny-llama")
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     writer.add_context_length(512)
     writer.add_embedding_length(n_embd)
     writer.add_feed_forward_length(2 * n_embd)

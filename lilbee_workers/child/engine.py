@@ -51,7 +51,7 @@ class BatchEngine:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self.generator = self._new_generator()
-        state.on_cancel = self.cancel
+        state.on_cancel, state.batched = self.cancel, True
 
     def _new_generator(self) -> BatchedGenerator:
         import llama_cpp
@@ -68,7 +68,9 @@ class BatchEngine:
 
         def should_abort(_data: Any) -> bool:
             state.step()  # progress the heartbeat reports (stall detection)
-            return state.cancel.is_set()  # set only to stop everything (shutdown)
+            # Shutdown stops everything; a running stream's cancel stops the step, which
+            # the generator rolls back and runs again without that stream.
+            return state.cancel.is_set() or generator.cancel_waiting
 
         # ctypes keeps no reference of its own: it lives as long as this engine.
         self._abort_callback = llama_cpp.ggml_abort_callback(should_abort)
@@ -78,27 +80,33 @@ class BatchEngine:
     # -- any thread ----------------------------------------------------------------
 
     def submit(self, request: ChatRequest | CompleteRequest, emit: Emit) -> None:
-        """Start a stream for ``request`` (it waits if every slot is taken); bad input
-        is answered at once on ``emit`` as an ``ErrorFrame``."""
+        """Start a stream for ``request`` (it waits if every slot is taken); bad input,
+        or a chat template that refuses the messages, is answered at once on ``emit``
+        as an ``ErrorFrame``, and the streams running beside it never notice."""
         try:
             tokens, sampling = self.handler.stream_plan(request)
-        except WorkerError as exc:
-            self._refuse(exc, request.id, emit)
-            return
-        cancelled_early = self.state.begin_stream(request.id)
-        try:
-            with self._lock:
+            with self._lock:  # the stepping thread delivers nothing of it before it began
                 self.generator.admit(request.id, tokens, sampling)
                 self._outs[request.id] = _Out(emit)
+                cancelled_early = self.state.begin_stream(request.id)
                 self._work.notify_all()
-        except WorkerError as exc:
-            self.state.end_stream(request.id)
+        except Exception as exc:
             self._refuse(exc, request.id, emit)
             return
         if cancelled_early:
             self.generator.cancel(request.id)
 
-    def _refuse(self, exc: WorkerError, request_id: int, emit: Emit) -> None:
+    def _refuse(self, exc: Exception, request_id: int, emit: Emit) -> None:
+        """Answer a request that never started: as ``Server.run`` answers a handler's
+        error (a ``WorkerError`` as it is, anything else llama.cpp raised as
+        ``ModelError``)."""
+        if not isinstance(exc, WorkerError):
+            log.warning("request %d refused: %s: %s", request_id, type(exc).__name__, exc)
+            exc = ModelError(
+                f"llama.cpp refused the request: {exc}",
+                role=self.handler.role,
+                log_path=self.handler.log_path,
+            )
         exc.role = self.handler.role
         emit(to_frame(exc, request_id))
 

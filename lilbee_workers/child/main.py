@@ -41,6 +41,8 @@ from lilbee_workers.transport.frames import (
 if TYPE_CHECKING:
     from lilbee_workers.child.engine import BatchEngine
 
+ROTATE_EVERY_STEPS = 256  # how often a batching worker that is never idle checks its log
+
 _boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)
 log = logging.getLogger("lilbee_workers.child")
 
@@ -215,15 +217,12 @@ class Server:
             finally:
                 self.state.end()
             rotate_log(self.boot.log_path, self.boot.log_max_bytes)  # before the reply: no race
-            try:
-                self.data.send(reply)
-            except ProtocolError as exc:  # a reply over the frame cap
-                error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.role)
-                self.data.send(to_frame(error, request.id))
+            self.reply(request.id, reply)
 
     def serve_batched(self, engine: BatchEngine) -> None:
         """Take requests as they come while every running stream steps: wait on the
         pipe only when nothing runs, else read what has arrived between two steps."""
+        steps = 0
         while True:
             try:
                 while not engine.busy or self.data.poll(0):
@@ -233,6 +232,9 @@ class Server:
             except (EOFError, OSError):
                 return
             engine.step()
+            steps += 1
+            if steps % ROTATE_EVERY_STEPS == 0:  # a worker never idle still rotates
+                rotate_log(self.boot.log_path, self.boot.log_max_bytes)
 
     def take(self, raw: bytes, engine: BatchEngine) -> None:
         """One request read while streams run: a chat stream joins the batch; any other
@@ -246,7 +248,15 @@ class Server:
         if isinstance(request, (ChatRequest, CompleteRequest)):
             engine.submit(request, self.data.send)
             return
-        self.data.send(self.run(request))
+        self.reply(request.id, self.run(request))
+
+    def reply(self, request_id: int, frame: Frame) -> None:
+        """Send a final frame; one over the frame cap becomes an error naming it."""
+        try:
+            self.data.send(frame)
+        except ProtocolError as exc:
+            error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.role)
+            self.data.send(to_frame(error, request_id))
 
     def run(self, request: Request, send: Callable[[Frame], None] | None = None) -> Frame:
         """One request's final frame (chunks go to ``send``, by default the data pipe);

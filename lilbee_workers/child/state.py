@@ -38,6 +38,7 @@ class RequestState:
         partly runs where no callback reaches, so no stall can be told from a pause)."""
         self._wedge: threading.Event | None = None
         self._streams: set[int] = set()
+        self.batched = False  # streams run side by side (set with ``on_cancel``)
         self.on_cancel: Callable[[int], None] = lambda request_id: None
         """Batched serving (``parallel`` > 1): stops one running stream; set by the engine."""
 
@@ -54,7 +55,7 @@ class RequestState:
 
     def end(self) -> None:
         with self._lock:
-            self.in_flight = 0
+            self.in_flight = min(self._streams, default=0)
             self.served += 1
             self.cancel.clear()
 
@@ -83,7 +84,9 @@ class RequestState:
                 self.on_cancel(request_id)  # that stream alone, at its next token
             elif request_id == self.in_flight and request_id:
                 self.cancel.set()
-            elif request_id > self._last_begun:
+            elif request_id > self._last_begun or self.batched:
+                # Streams may begin out of order (a Ray actor's), so with them a cancel
+                # for any id not running is kept until it begins (at most 256).
                 if len(self._early) >= _MAX_EARLY_CANCELS:
                     self._early.discard(min(self._early))
                 self._early.add(request_id)

@@ -80,6 +80,8 @@ class RoleActor:
         self.outbox = Outbox(self.boot.max_frame_bytes)
         self.server: Server | None = None
         self.engine: BatchEngine | None = None
+        self._stepping: threading.Thread | None = None
+        self._closing = False
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
         logging.basicConfig(level=logging.INFO)
         self._forward = ForwardingHandler(self.outbox)
@@ -94,7 +96,10 @@ class RoleActor:
         self.server = Server(None, loaded.handler, self.state, self.config, self.boot)  # type: ignore[arg-type]
         if loaded.engine is not None:
             self.engine = loaded.engine
-            threading.Thread(target=self._step_streams, name="batch-steps", daemon=True).start()
+            self._stepping = threading.Thread(
+                target=self._step_streams, name="batch-steps", daemon=True
+            )
+            self._stepping.start()
         return codec.encode(loaded.ready)
 
     def _step_streams(self) -> None:
@@ -104,7 +109,7 @@ class RoleActor:
         engine = self.engine
         assert engine is not None
         try:
-            while self.server is not None:
+            while not self._closing:
                 if engine.wait_for_work(0.5):
                     engine.step()
         except BaseException as exc:
@@ -206,6 +211,10 @@ class RoleActor:
         """Free the model and stop forwarding log records (for in-process use: an
         actor's process simply ends with it)."""
         logging.getLogger("lilbee_workers").removeHandler(self._forward)
+        self._closing = True
+        if self._stepping is not None:
+            self.state.cancel_current()  # a step under way stops at its next graph node
+            self._stepping.join(30)  # before the context it decodes in is freed
         if self.server is not None:
             if self.engine is not None:
                 self.engine.close()

@@ -123,9 +123,15 @@ class CallPath:
                             break
                         if not taken[0].settle_if_abandoned():
                             lost = run.start(taken[0])
+            except Exception as exc:  # a bug: no caller may be left waiting for good
+                error = WorkerError(f"{self.role}: internal error: {exc!r}", role=self.role)
+                for call in run.take_running():
+                    call.fail(error)
+                raise
             finally:
                 self._account(run)  # what was answered on the way out, too
                 self.queue.listen(-1)
+                self.queue.slots_done()
                 self.slot_run = None
                 if life.state == RoleState.BUSY:
                     life.state = RoleState.READY
@@ -161,6 +167,7 @@ class CallPath:
             return False
         for part in retry:
             part.retried = True
+            part.ran_in_slots = False  # its retry runs alone, and counts its latency so
             self.stats.retrying()
         if self._hand_over is not None and self._hand_over(retry, self):
             log.warning("retrying call on another replica", role=self.role, reason=reason)

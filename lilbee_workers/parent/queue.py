@@ -285,21 +285,32 @@ class RoleQueue:
     def take_for_slots(self, free: int, running: int) -> list[Call]:
         """Up to ``free`` queued calls for slots beside ``running`` others, in order:
         none while a control waits (a restart drains the slots) or the role closes; a
-        call that needs another model keeps its place; a retried call stops the
-        taking (it runs alone, once the slots drain)."""
+        call that needs another model keeps its place for ``GROUP_PATIENCE_S``, then
+        stops the taking, as a retried call does (the slots drain, then it runs)."""
         taken: list[Call] = []
         with self.cond:
-            if not (self._controls or self.closing or self.retiring):
+            # A worker's exit is noted by its monitor; it needs no drain (a stale one,
+            # of a worker already replaced, must not hold the slots shut).
+            waiting = any(not isinstance(c, WorkerExited) for c in self._controls)
+            if not (waiting or self.closing or self.retiring):
+                now = time.monotonic()
                 for call in list(self._calls):
                     if len(taken) >= free or call.retried:
                         break
                     if self.prefer(call):
                         self._calls.remove(call)
                         taken.append(call)
+                    elif now - call.enqueued_at >= GROUP_PATIENCE_S:
+                        break  # it waited long enough: the slots drain for its switch
             self._running = running + len(taken)
             if taken and self._room_waiters:
                 self.cond.notify_all()
         return taken
+
+    def slots_done(self) -> None:
+        """The slot run ended: no call runs in slots any more."""
+        with self.cond:
+            self._running = 0
 
     def release(self) -> None:
         """Free the role for the next call or control."""

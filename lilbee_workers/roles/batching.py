@@ -82,6 +82,8 @@ class BatchedGenerator:
         self._cancels: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self.cancel_waiting = False
+        self._marks: list[tuple[Stream, int]] = []
 
     def _context_params(self, capacity: int, kv_unified: bool, n_threads: int | None) -> Any:
         import llama_cpp as L
@@ -127,10 +129,15 @@ class BatchedGenerator:
             )
 
     def cancel(self, stream_id: int) -> None:
-        """Stop a stream at the next token boundary (any thread may call this)."""
+        """Stop a stream at the next token boundary (any thread may call this). A
+        running stream's cancel sets ``cancel_waiting``: an abort callback that returns
+        it stops the step under way (a long prompt chunk), which is rolled back and run
+        again, without that stream, at once."""
         with self._lock:
             if stream_id in self._ids:
                 self._cancels.add(stream_id)
+                if any(s is not None and s.stream_id == stream_id for s in self._slots):
+                    self.cancel_waiting = True
 
     @property
     def context(self) -> Any:
@@ -159,12 +166,12 @@ class BatchedGenerator:
         events = self._apply_cancels()
         self._start_waiting()
         if self.prefill_apart:
-            self._batch.n_tokens = 0
+            self._new_rows()
             events += self._decode(self._add_next_tokens())
-            self._batch.n_tokens = 0
+            self._new_rows()
             events += self._decode(self._add_prompt_chunks(streams=1))
         else:
-            self._batch.n_tokens = 0
+            self._new_rows()
             outputs = self._add_next_tokens()
             events += self._decode(outputs + self._add_prompt_chunks(streams=self.streams))
         return events
@@ -179,6 +186,9 @@ class BatchedGenerator:
         status = L.llama_decode(self._ctx, self._batch)
         for seq in self._pad_seqs:
             L.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        if status == 2 and self.cancel_waiting:  # aborted for a running stream's cancel
+            self._roll_back()
+            return []
         if status != 0:
             raise ModelError(f"llama_decode failed with status {status} in a batched step")
         events = []
@@ -189,9 +199,24 @@ class BatchedGenerator:
 
     # -- inside a step ---------------------------------------------------------------
 
+    def _new_rows(self) -> None:
+        """An empty batch, and where each stream stands (for ``_roll_back``)."""
+        self._batch.n_tokens = 0
+        self._marks = [(s, s.n_past) for s in self._slots if s is not None]
+
+    def _roll_back(self) -> None:
+        """Undo an aborted step: each stream back where the step found it, its cells
+        from there on removed (whatever part of the step llama.cpp had stored)."""
+        import llama_cpp as L
+
+        for stream, n_past in self._marks:
+            L.llama_memory_seq_rm(self._memory, stream.seq, n_past, -1)
+            stream.n_past = n_past
+
     def _apply_cancels(self) -> list[StreamEvent]:
         with self._lock:
             cancels, self._cancels = self._cancels, set()
+            self.cancel_waiting = False
             events = []
             for stream in [s for s in self._waiting if s.stream_id in cancels]:
                 self._waiting.remove(stream)

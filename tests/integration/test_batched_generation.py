@@ -199,3 +199,42 @@ def test_a_prompt_too_long_is_refused_and_the_others_run_on(
     while not gen.idle:
         text += "".join(e.text for e in gen.step())
     assert text == solo(llm, PROMPTS[0])[0]
+
+
+def test_a_cancel_during_a_step_stops_it_and_the_others_go_on_as_if_it_never_ran(
+    gen: BatchedGenerator, llm: Any
+) -> None:
+    """A cancel that arrives while a step computes (a long prompt chunk) aborts that
+    step through the abort callback; the step is rolled back and run again without the
+    cancelled stream: the other stream's answer is its solo answer, exactly."""
+    import llama_cpp
+
+    nodes = {"count": 0, "cancel_at": -1}
+
+    def should_abort(_data: Any) -> bool:
+        nodes["count"] += 1
+        if nodes["count"] == nodes["cancel_at"]:
+            gen.cancel(2)  # from inside llama_decode: mid-step
+        return gen.cancel_waiting
+
+    callback = llama_cpp.ggml_abort_callback(should_abort)
+    llama_cpp.llama_set_abort_callback(gen.context, callback, None)
+    gen.admit(1, tokens(llm, PROMPTS[0]), Sampling(max_tokens=K))
+    texts = {1: "", 2: ""}
+    finished: dict[int, str] = {}
+    for event in gen.step():  # stream 1 prefilled alone
+        texts[event.stream_id] += event.text
+    gen.admit(2, tokens(llm, PROMPTS[4] * 3), Sampling(max_tokens=K))
+    nodes["cancel_at"] = nodes["count"] + 5  # a few graph nodes into the next step
+    steps = 0
+    while not gen.idle:
+        for event in gen.step():
+            texts[event.stream_id] += event.text
+            if event.finish_reason:
+                finished[event.stream_id] = event.finish_reason
+        steps += 1
+        assert steps < 1000
+    assert nodes["count"] > nodes["cancel_at"]  # the cancel came mid-step
+    assert finished == {1: "length", 2: "cancelled"}
+    assert texts[2] == ""  # it never produced a token
+    assert texts[1] == solo(llm, PROMPTS[0])[0]

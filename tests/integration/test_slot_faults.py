@@ -11,12 +11,14 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_llama import write_tiny_llama
 
 from conftest import pid_alive, wait_until
-from lilbee_workers import Supervisor, SupervisorConfig, WorkerCrashed, testing
+from lilbee_workers import ModelError, Supervisor, SupervisorConfig, WorkerCrashed, testing
 from lilbee_workers.transport.frames import DebugRequest
 
 PROMPTS = ["Honey is made by", "The capital of France is", "Once upon a time"]
@@ -159,3 +161,31 @@ def test_a_poison_request_beside_streams_is_the_only_one_called_poison(
         assert status.retried == 3 and status.retried_ok == 2
         with pytest.raises(WorkerCrashed, match="quarantined"):
             testing.debug(sup, "chat", DebugRequest(id=0, action="abort"))
+
+
+ALTERNATING = (
+    "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+    "[INST] {{ m['content'] }} [/INST]{% endfor %}"
+)
+
+
+def test_a_request_its_chat_template_refuses_fails_alone_beside_a_stream(
+    make_config: Callable[..., SupervisorConfig], tmp_path: Path
+) -> None:
+    """A template that raises (Mistral-style ``raise_exception``) is the request's own
+    error, answered as on a one-call worker (``ModelError``): the stream beside it runs
+    on, the worker lives, nothing is called poison."""
+    model = write_tiny_llama(tmp_path / "alternating.gguf", chat_template=ALTERNATING)
+    chat = {"model": str(model), "parallel": 2, "n_ctx": 512, "n_threads": 1}
+    with Supervisor(make_config({"chat": chat})) as sup:
+        pid = sup.worker_pid("chat")
+        stream = complete(sup, "the bee", 300)
+        wait_until(lambda: stream.chunks >= 1, 60, "the stream streaming")
+        twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+        with pytest.raises(ModelError, match="Conversation roles must alternate"):
+            sup.chat(twice, max_tokens=5).collect()
+        stream.join(120)
+        assert stream.error is None and stream.answer
+        status = sup.role_status("chat")
+        assert status.pid == pid and status.restarts == 0 and status.quarantined == 0

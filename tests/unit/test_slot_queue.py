@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from lilbee_workers.parent.calls import Call
-from lilbee_workers.parent.queue import Restart, RoleQueue
+from lilbee_workers.parent.queue import GROUP_PATIENCE_S, Restart, RoleQueue, WorkerExited
 from lilbee_workers.transport.frames import CompleteRequest
 
 
@@ -75,3 +75,19 @@ def test_a_listening_slot_run_is_woken_by_a_new_call_and_a_control() -> None:
             pass
     finally:
         os.close(fd)
+
+
+def test_a_call_for_another_model_that_waited_its_patience_lets_the_slots_drain() -> None:
+    other = call("other", model="big")
+    queue = line(other, call("a"), call("b"))
+    queue.prefer = lambda c: c.request.model is None  # type: ignore[attr-defined]
+    other.enqueued_at -= GROUP_PATIENCE_S  # it has waited long enough
+    assert queue.take_for_slots(4, running=1) == []  # its switch comes next
+
+
+def test_a_workers_exit_note_does_not_hold_the_slots_shut() -> None:
+    """After a model switch, the old worker's exit is posted while the new one serves:
+    it needs no drain, so calls still go into the new worker's slots."""
+    queue = line(call("a"))
+    queue.post(WorkerExited(worker=None))  # type: ignore[arg-type]
+    assert prompts(queue.take_for_slots(4, running=1)) == ["a"]
