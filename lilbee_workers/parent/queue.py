@@ -1,8 +1,9 @@
 """One role's waiting line and the role lock: which call or lifecycle step runs next.
 
-A role runs one thing at a time: a call on its worker, or lifecycle work (start,
-restart, stop), so no call ever runs on a worker that is being replaced. Callers and the
-dispatcher thread meet here, under one condition variable.
+A role runs one thing at a time: a call on its worker (or the calls in a batching
+worker's slots), or lifecycle work (start, restart, stop; ``controls``), so no call ever
+runs on a worker that is being replaced. Callers and the dispatcher thread meet here,
+under one condition variable.
 """
 
 from __future__ import annotations
