@@ -6,6 +6,7 @@ the lifecycle and the control path; this half only runs calls.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -39,6 +40,7 @@ class CallPath:
     quarantine: Quarantine
     log_path: Path
     slot_run: SlotRun | None
+    _thread: threading.Thread
     _hand_over: Callable[[list[Call], Any], bool] | None
 
     # The control path's verbs this half calls (``RoleDispatcher`` has them).
@@ -82,7 +84,10 @@ class CallPath:
         worker = self.life.worker
         assert worker is not None
         batching = worker.ready is not None and worker.ready.slots > 1
-        if batching and isinstance(call, Call) and not call.retried:  # a retry runs alone
+        # Slots are the dispatcher thread's: a caller's thread that holds the role (it
+        # found a one-call role, or none loaded) runs its own call only. A retry runs alone.
+        on_dispatcher = threading.current_thread() is self._thread
+        if batching and on_dispatcher and isinstance(call, Call) and not call.retried:
             return self._run_slots(call, worker)
         while True:
             life = self.life
