@@ -57,8 +57,8 @@ class CallPath:
         raise NotImplementedError
 
     def _serve(self, call: Attempted) -> None:
-        """Run a call that holds the role, then release the role."""
-        started = time.monotonic()
+        """Run a call that holds the role, then release the role. A call's latency
+        runs from when it was queued to its answer: what its caller waited."""
         handed_over = False
         try:
             if call.settle_if_abandoned():
@@ -70,10 +70,10 @@ class CallPath:
             else:
                 handed_over = self._run_call(call)
         finally:
-            elapsed_ms = (time.monotonic() - started) * 1000.0
+            now = time.monotonic()
             in_slots = isinstance(call, Call) and call.ran_in_slots  # counted as answered
-            for _ in () if handed_over or in_slots else batch.calls_of(call):
-                self.stats.latency(elapsed_ms)  # a handed-over call counts where it ends
+            for part in () if handed_over or in_slots else batch.calls_of(call):
+                self.stats.latency((now - part.enqueued_at) * 1000.0)  # counted where it ends
             self.life.last_used = time.monotonic()
             self.queue.release()
 
@@ -149,9 +149,9 @@ class CallPath:
 
     def _account(self, run: SlotRun) -> None:
         """Count the calls the slots answered since the last count."""
-        for call, answer, seconds in run.take_answered():
+        for call, answer, _ in run.take_answered():
             batch.account(self.stats, call, answer)
-            self.stats.latency(seconds * 1000.0)
+            self.stats.latency((time.monotonic() - call.enqueued_at) * 1000.0)
 
     def _after_loss(self, worker: WorkerHandle, outcome: Lost, parts: list[Call]) -> bool | Call:
         """The worker was lost under ``parts``: retire it, answer the parts that end
