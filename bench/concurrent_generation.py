@@ -292,8 +292,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating blocks per server")
     parser.add_argument("--streams", default="1,4,8", help="concurrent streams, comma-separated")
-    parser.add_argument("--requests", type=int, default=16,
-                        help="completions per load (each stream makes requests/streams)")  # fmt: skip
+    each = "completions per load (each stream makes requests/streams in a row)"
+    parser.add_argument("--requests", type=int, default=16, help=each)
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of each completion")
     parser.add_argument("--threads", type=int, default=2, help="threads of every server")
     parser.add_argument("--n-ctx", type=int, default=512, help="context per stream")
