@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -11,16 +10,22 @@ from typing import Literal
 import msgspec
 import structlog
 
-from lilbee_workers.config_problems import convert_all, not_refused, raise_all, ray_ask_problems
+from lilbee_workers.config_problems import (
+    convert_all,
+    duration_problems,
+    not_refused,
+    parallel_problems,
+    raise_all,
+    ray_ask_problems,
+    timing_problems,
+)
 from lilbee_workers.errors import ConfigError
 from lilbee_workers.hub.cache import resolve_path
 from lilbee_workers.listen import is_loopback, parse_listen
 from lilbee_workers.logs import MAX_LOG_BYTES
 from lilbee_workers.transport.codec import DEFAULT_MAX_FRAME_BYTES
 
-MAX_SECONDS = 7 * 24 * 3600.0  # longest *_s value (a week): past it a typo; inf breaks timers
 MAX_REPLICAS = 64  # workers one role may run, each with its own copy of the model
-MAX_PARALLEL = 64  # streams one chat worker batches
 
 log = structlog.get_logger("lilbee_workers.config")
 
@@ -146,35 +151,12 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
         for key, value in positive.items():
             if value <= 0:
                 found.append(f"{where}.{key} must be > 0, got {value}")
-        times = {
-            "kill_after_s": self.kill_after_s,
-            "start_timeout_s": self.start_timeout_s,
-            "heartbeat_interval_s": self.heartbeat_interval_s,
-            "heartbeat_timeout_s": self.heartbeat_timeout_s,
-            "restart_window_s": self.restart_window_s,
-        }
-        for key, seconds in times.items():
-            if not seconds > 0:
-                found.append(f"{where}.{key} must be > 0 seconds, got {seconds}")
-        durations = {
-            **times,
-            "cancel_grace_s": self.cancel_grace_s,
-            "restart_backoff_s": self.restart_backoff_s,
-            "restart_backoff_max_s": self.restart_backoff_max_s,
-            "failed_cooldown_s": self.failed_cooldown_s,
-            **{"stall_after_s": self.stall_after_s or 0.0, "quarantine_s": self.quarantine_s},
-        }
-        for key, seconds in durations.items():
-            found += duration_problems(f"{where}.{key}", seconds)
+        found += timing_problems(where, self)
         found += duration_problems(f"{where}.coalesce_wait_ms", self.coalesce_wait_ms / 1000.0)
         if not 1 <= self.replicas <= (1 if self.standby else MAX_REPLICAS):
             found.append(f"{where}.replicas must be 1 to {MAX_REPLICAS} (1 with standby: a "
                          f"replica takes over at once), not {self.replicas}")  # fmt: skip
-        if not 1 <= self.parallel <= MAX_PARALLEL:
-            found.append(f"{where}.parallel must be 1 to {MAX_PARALLEL}, not {self.parallel}")
-        elif self.parallel > 1 and role != "chat":
-            found.append(f"{where}.parallel: only the chat role batches streams (set 1, or "
-                         "use replicas)")  # fmt: skip
+        found += parallel_problems(where, role, self.parallel)
         asks = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.resources}
         found += ray_ask_problems(where, asks)
         if self.max_restarts < 0:
@@ -301,14 +283,6 @@ class SupervisorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 def check_duration(key: str, seconds: float) -> None:
     """A duration must be a finite number of seconds in [0, a week]."""
     raise_all(duration_problems(key, seconds))
-
-
-def duration_problems(key: str, seconds: float) -> list[str]:
-    """What is wrong with a duration (nothing if it is finite and in [0, a week])."""
-    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        return [f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, "
-                f"got {seconds}"]  # fmt: skip
-    return []
 
 
 def default_socket_path() -> str:

@@ -94,3 +94,53 @@ def ray_ask_problems(where: str, asks: dict[str, float]) -> list[str]:
         for key, amount in asks.items()
         if not (math.isfinite(amount) and amount >= 0) or key in ("CPU", "GPU", "memory")
     ]
+
+
+MAX_PARALLEL = 64  # streams one chat worker batches
+
+
+def parallel_problems(where: str, role: str, parallel: int) -> list[str]:
+    """``parallel``: 1 to ``MAX_PARALLEL``, and above 1 only where streams batch (chat)."""
+    if not 1 <= parallel <= MAX_PARALLEL:
+        return [f"{where}.parallel must be 1 to {MAX_PARALLEL}, not {parallel}"]
+    if parallel > 1 and role != "chat":
+        return [f"{where}.parallel: only the chat role batches streams (set 1, or use replicas)"]
+    return []
+
+
+MAX_SECONDS = 7 * 24 * 3600.0  # longest *_s value (a week): past it a typo; inf breaks timers
+
+
+def duration_problems(key: str, seconds: float) -> list[str]:
+    """What is wrong with a duration (nothing if it is finite and in [0, a week])."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        return [f"{key} must be a finite number of seconds between 0 and {MAX_SECONDS:g}, "
+                f"got {seconds}"]  # fmt: skip
+    return []
+
+
+def timing_problems(where: str, config: Any) -> list[str]:
+    """A role's deadlines and durations: positive where zero makes no sense, each finite
+    and at most a week."""
+    found: list[str] = []
+    times = {
+        "kill_after_s": config.kill_after_s,
+        "start_timeout_s": config.start_timeout_s,
+        "heartbeat_interval_s": config.heartbeat_interval_s,
+        "heartbeat_timeout_s": config.heartbeat_timeout_s,
+        "restart_window_s": config.restart_window_s,
+    }
+    for key, seconds in times.items():
+        if not seconds > 0:
+            found.append(f"{where}.{key} must be > 0 seconds, got {seconds}")
+    durations = {
+        **times,
+        "cancel_grace_s": config.cancel_grace_s,
+        "restart_backoff_s": config.restart_backoff_s,
+        "restart_backoff_max_s": config.restart_backoff_max_s,
+        "failed_cooldown_s": config.failed_cooldown_s,
+        **{"stall_after_s": config.stall_after_s or 0.0, "quarantine_s": config.quarantine_s},
+    }
+    for key, seconds in durations.items():
+        found += duration_problems(f"{where}.{key}", seconds)
+    return found

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
+from multiprocessing.connection import wait
 from typing import Any, Literal
 
 from lilbee_workers.config import RoleConfig
@@ -175,9 +176,11 @@ class FakeWorker:
     def monitoring(self) -> bool:
         return True
 
-    def wait_data(self, timeout: float) -> tuple[bool, bool]:
-        readable = self.data.poll(timeout)
-        return readable, self._dead.is_set()
+    def wait_data(self, timeout: float, wake_fd: int = -1) -> tuple[bool, bool]:
+        if wake_fd < 0:
+            return self.data.poll(timeout), self._dead.is_set()
+        ready = wait([self.data.conn, wake_fd], timeout)
+        return self.data.conn in ready, self._dead.is_set()
 
     def vitals(self) -> dict[str, Any]:
         return {"pid": self.pid, "uptime_s": 0.0, "rss_bytes": 0}

@@ -9,7 +9,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -24,6 +26,8 @@ from lilbee_workers.transport import codec
 from lilbee_workers.transport.channel import PipeChannel
 from lilbee_workers.transport.error_frames import to_frame
 from lilbee_workers.transport.frames import (
+    ChatRequest,
+    CompleteRequest,
     DebugRequest,
     Frame,
     LoadFailed,
@@ -33,6 +37,9 @@ from lilbee_workers.transport.frames import (
     Request,
     WorkerBoot,
 )
+
+if TYPE_CHECKING:
+    from lilbee_workers.child.engine import BatchEngine
 
 _boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)
 log = logging.getLogger("lilbee_workers.child")
@@ -62,8 +69,8 @@ def main(data_fd: int, health_fd: int) -> None:
     logging.getLogger().addHandler(ForwardingHandler(health))
     state = RequestState()
     start_heartbeat(health, state, config.cancel_grace_s)
-    handler = load(boot, data, state, ProgressReporter(health))
-    Server(data, handler, state, config, boot).serve()
+    loaded = load(boot, data, state, ProgressReporter(health))
+    Server(data, loaded.handler, state, config, boot, loaded.engine).serve()
 
 
 def load(
@@ -71,17 +78,27 @@ def load(
     data: PipeChannel[Request],
     state: RequestState,
     progress: Callable[[float], None],
-) -> RoleHandler:
+) -> Loaded:
     """Load the role's model (telling ``progress`` how far it has come) and say READY;
     on failure say why and exit."""
-    handler, frame = load_role(boot, state, progress)
-    if handler is None:
+    loaded = load_role(boot, state, progress)
+    if isinstance(loaded, LoadFailed):
         try:
-            data.send(frame)
+            data.send(loaded)
         finally:
             os._exit(2)
-    data.send(frame)
-    return handler
+    data.send(loaded.ready)
+    return loaded
+
+
+@dataclass
+class Loaded:
+    """A loaded worker: its handler, its READY frame, and (chat with ``parallel`` > 1)
+    the engine that batches its streams."""
+
+    handler: RoleHandler
+    ready: Ready
+    engine: BatchEngine | None = None
 
 
 def load_role(
@@ -89,9 +106,9 @@ def load_role(
     state: RequestState,
     progress: Callable[[float], None],
     node: str = "",
-) -> tuple[RoleHandler, Ready] | tuple[None, LoadFailed]:
-    """Load the role's model for a worker (a process, or a Ray actor on ``node``): the
-    handler and its ``Ready``, or None and ``LoadFailed`` with the reason."""
+) -> Loaded | LoadFailed:
+    """Load the role's model for a worker (a process, or a Ray actor on ``node``), or
+    say why it could not (``LoadFailed``)."""
     from lilbee_workers.roles import create_handler
 
     config = msgspec.msgpack.decode(boot.config, type=RoleConfig)
@@ -104,11 +121,12 @@ def load_role(
         state.metered = handler.metered
         if boot.warm_up:
             handler.warm_up()
+        engine = batch_engine(handler, config, state)
     except Exception as exc:
         kind = "model" if isinstance(exc, (ModelError, ImportError)) else "internal"
         message = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         log.error("load failed: %s", message)
-        return None, LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message)
+        return LoadFailed(role=boot.role, pid=os.getpid(), kind=kind, message=message)
     seconds = time.monotonic() - started
     log.info("%s worker ready: %s in %.2fs", boot.role, boot.model_path, seconds)
     ready = Ready(
@@ -120,12 +138,27 @@ def load_role(
         chat_template=model.chat_template,
         load_seconds=seconds,
         node=node,
+        slots=engine.parallel if engine is not None else 1,
     )
-    return handler, ready
+    return Loaded(handler, ready, engine)
+
+
+def batch_engine(
+    handler: RoleHandler, config: RoleConfig, state: RequestState
+) -> BatchEngine | None:
+    """The engine that batches a chat worker's streams, when ``parallel`` > 1."""
+    from lilbee_workers.roles.chat import ChatHandler
+
+    if config.parallel <= 1 or not isinstance(handler, ChatHandler):
+        return None
+    from lilbee_workers.child.engine import BatchEngine
+
+    return BatchEngine(handler, state, config.parallel)
 
 
 class Server:
-    """The serving loop: one request at a time, one final frame each."""
+    """The serving loop: one request at a time, one final frame each; or, with a batch
+    engine, chat streams side by side (other requests still run one at a time)."""
 
     def __init__(
         self,
@@ -134,7 +167,9 @@ class Server:
         state: RequestState,
         config: RoleConfig,
         boot: WorkerBoot,
+        engine: BatchEngine | None = None,
     ) -> None:
+        self.engine = engine
         self.data = data
         self.handler = handler
         self.state = state
@@ -143,6 +178,9 @@ class Server:
 
     def serve(self) -> None:
         """Read one request, run it, write its reply frames; until the pipe closes."""
+        if self.engine is not None:
+            self.serve_batched(self.engine)
+            return
         while True:
             try:
                 raw = self.data.recv_raw()
@@ -165,6 +203,33 @@ class Server:
             except ProtocolError as exc:  # a reply over the frame cap
                 error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.role)
                 self.data.send(to_frame(error, request.id))
+
+    def serve_batched(self, engine: BatchEngine) -> None:
+        """Take requests as they come while every running stream steps: wait on the
+        pipe only when nothing runs, else read what has arrived between two steps."""
+        while True:
+            try:
+                while not engine.busy or self.data.poll(0):
+                    if not engine.busy:
+                        rotate_log(self.boot.log_path, self.boot.log_max_bytes)
+                    self.take(self.data.recv_raw(), engine)
+            except (EOFError, OSError):
+                return
+            engine.step()
+
+    def take(self, raw: bytes, engine: BatchEngine) -> None:
+        """One request read while streams run: a chat stream joins the batch; any other
+        request runs now, between two steps."""
+        try:
+            request = self.data.receives.decode(raw, self.data.max_frame_bytes)
+        except ProtocolError as exc:
+            exc.role = self.handler.role
+            self.data.send(to_frame(exc, codec.request_id_of(raw)))
+            return
+        if isinstance(request, (ChatRequest, CompleteRequest)):
+            engine.submit(request, self.data.send)
+            return
+        self.data.send(self.run(request))
 
     def run(self, request: Request, send: Callable[[Frame], None] | None = None) -> Frame:
         """One request's final frame (chunks go to ``send``, by default the data pipe);

@@ -14,6 +14,7 @@ that computes from one whose Python still answers pings while its decode is wedg
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 _MAX_EARLY_CANCELS = 256
 
@@ -36,6 +37,9 @@ class RequestState:
         """Whether ``steps`` sees all of this worker's compute (False: a role whose work
         partly runs where no callback reaches, so no stall can be told from a pause)."""
         self._wedge: threading.Event | None = None
+        self._streams: set[int] = set()
+        self.on_cancel: Callable[[int], None] = lambda request_id: None
+        """Batched serving (``parallel`` > 1): stops one running stream; set by the engine."""
 
     def begin(self, request_id: int) -> None:
         """The serving thread starts ``request_id``: cancelled already if its cancel came first."""
@@ -54,10 +58,30 @@ class RequestState:
             self.served += 1
             self.cancel.clear()
 
+    def begin_stream(self, request_id: int) -> bool:
+        """Batched serving: ``request_id`` starts beside others. True if its cancel came
+        first (the caller stops it at once)."""
+        with self._lock:
+            self._streams.add(request_id)
+            self.in_flight = min(self._streams)
+            self._last_begun = max(self._last_begun, request_id)
+            early = request_id in self._early
+            self._early.discard(request_id)
+            return early
+
+    def end_stream(self, request_id: int) -> None:
+        with self._lock:
+            if request_id in self._streams:
+                self._streams.discard(request_id)
+                self.served += 1
+            self.in_flight = min(self._streams, default=0)
+
     def cancel_request(self, request_id: int) -> None:
         """Cancel ``request_id``: now if it runs, when it begins if it has not yet."""
         with self._lock:
-            if request_id == self.in_flight and request_id:
+            if request_id in self._streams:
+                self.on_cancel(request_id)  # that stream alone, at its next token
+            elif request_id == self.in_flight and request_id:
                 self.cancel.set()
             elif request_id > self._last_begun:
                 if len(self._early) >= _MAX_EARLY_CANCELS:

@@ -31,7 +31,7 @@ from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ProtocolError
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.error_frames import to_frame
-from lilbee_workers.transport.frames import Frame, Request, WorkerBoot
+from lilbee_workers.transport.frames import Frame, LoadFailed, Request, WorkerBoot
 
 log = logging.getLogger("lilbee_workers.actor")
 _OUTBOX_FRAMES = 1000  # log and progress frames kept between two beats
@@ -74,10 +74,11 @@ class RoleActor:
     def load(self) -> bytes:
         """Load the model; an encoded ``Ready``, or ``LoadFailed`` with the reason."""
         progress = ProgressReporter(self.outbox)
-        handler, frame = load_role(self.boot, self.state, progress, _node_id())
-        if handler is not None:
-            self.server = Server(None, handler, self.state, self.config, self.boot)  # type: ignore[arg-type]
-        return codec.encode(frame)
+        loaded = load_role(self.boot, self.state, progress, _node_id())
+        if isinstance(loaded, LoadFailed):
+            return codec.encode(loaded)
+        self.server = Server(None, loaded.handler, self.state, self.config, self.boot)  # type: ignore[arg-type]
+        return codec.encode(loaded.ready)
 
     def call(self, raw: bytes) -> Iterator[bytes]:
         """One request's frames, encoded: its chunks as they come, then its final frame

@@ -29,7 +29,7 @@ from lilbee_workers.cluster import connect
 from lilbee_workers.cluster.relay import LOADING_POLL_S, ActorRelay, pipe_pair
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.logs import rotate_if_large, tail_lines
-from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
+from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle, poll_data
 from lilbee_workers.parent.monitor import HealthMonitor
 from lilbee_workers.parent.policy import StartFailed
 from lilbee_workers.transport import codec
@@ -233,15 +233,9 @@ class RayWorker:
         thread = self._monitor_thread
         return self._exited.is_set() or (thread is not None and thread.is_alive())
 
-    def wait_data(self, timeout: float) -> tuple[bool, bool]:
+    def wait_data(self, timeout: float, wake_fd: int = -1) -> tuple[bool, bool]:
         """Wait up to ``timeout`` s: (data pipe readable, actor gone)."""
-        readable = dead = False
-        for fd, _ in self._poller.poll(max(0, int(timeout * 1000 + 0.999))):
-            if fd == self._data_fd:
-                readable = True
-            else:
-                dead = True
-        return readable, dead
+        return poll_data(self._poller, self._data_fd, timeout, wake_fd)
 
     # ------------------------------------------------------------------ facts
 

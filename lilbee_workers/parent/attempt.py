@@ -28,6 +28,11 @@ attempt is never taken for the answer to a new one."""
 _TICK_S = 0.1  # how often a waiting attempt re-checks cancel and deadlines
 
 
+def next_attempt_id() -> int:
+    """A fresh request id for the data pipe (process-wide, so never reused)."""
+    return next(_attempt_ids)
+
+
 @dataclass(frozen=True)
 class Answered:
     """The call got its final frame (``error``: an ``ErrorFrame``); ``frame`` is None
@@ -56,7 +61,7 @@ Outcome = Answered | Lost
 
 def run_attempt(worker: WorkerHandle, call: Attempted, config: RoleConfig) -> Outcome:
     """Run ``call`` once on ``worker`` until its final frame, a failure, or a deadline."""
-    attempt_id = next(_attempt_ids)
+    attempt_id = next_attempt_id()
     request = msgspec.structs.replace(call.request, id=attempt_id)
     try:
         worker.data.send(request)

@@ -71,6 +71,8 @@ class Call:
         self.expires_at = None if timeout is None else self.enqueued_at + timeout
         self.timed_out = False
         self.chunks_delivered = 0
+        self.tokens_so_far = 0  # completion tokens, as the worker counts them in chunks
+        self.ran_in_slots = False  # beside other calls on a batching worker
         self.retried = False
         self.lost_from_outside = False  # a loss not of its own doing: never quarantined
         self.cancelled = False
@@ -93,6 +95,7 @@ class Call:
 
     def deliver_chunk(self, frame: ChatChunk) -> None:
         self.chunks_delivered += 1
+        self.tokens_so_far = frame.tokens or self.chunks_delivered
         self._replies.put(self._as_answer(frame))
 
     def finish(self, frame: AnyFrame) -> None:

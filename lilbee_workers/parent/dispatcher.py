@@ -14,9 +14,7 @@ Here: the queue-facing verbs and the dispatcher thread. Workers come and go in
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import structlog
@@ -24,8 +22,8 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import WorkerError, WorkerUnavailable
 from lilbee_workers.logs import MAX_LOG_BYTES, role_log_path
-from lilbee_workers.parent import batch, merging, policy
-from lilbee_workers.parent.attempt import Answered, run_attempt
+from lilbee_workers.parent import batch
+from lilbee_workers.parent.call_path import CallPath
 from lilbee_workers.parent.calls import Attempted, Call
 from lilbee_workers.parent.factory import process_factory
 from lilbee_workers.parent.handle import WorkerFactory, WorkerHandle
@@ -42,6 +40,7 @@ from lilbee_workers.parent.queue import (
     Unload,
     WorkerExited,
 )
+from lilbee_workers.parent.slots import SlotRun
 from lilbee_workers.parent.snapshot import lifecycle_fields
 from lilbee_workers.parent.stats import RoleStats
 from lilbee_workers.transport.frames import Request
@@ -50,7 +49,7 @@ from lilbee_workers.types import RoleState, RoleStatus
 log = structlog.get_logger("lilbee_workers.dispatcher")
 
 
-class RoleDispatcher:
+class RoleDispatcher(CallPath):
     """Owns one role: its queue, its worker process and its recovery."""
 
     def __init__(
@@ -81,6 +80,7 @@ class RoleDispatcher:
         self.life = RoleLifecycle(role, config, self.log_path, self.queue, self.stats, factory)
         self.life.recovers_alone = hand_over is not None
         self.queue.prefer = self._needs_no_switch
+        self.slot_run: SlotRun | None = None  # the calls running side by side, if any
         name = f"dispatch-{role}" + (f".{replica}" if replica else "")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -182,9 +182,13 @@ class RoleDispatcher:
     def status(self) -> RoleStatus:
         """A snapshot, safe from any thread (queue and counters are read under their locks)."""
         queued, in_flight = self.queue.counts()
+        worker, run = self.worker, self.slot_run
+        ready = worker.ready if worker is not None else None
         return RoleStatus(
             role=self.role,
             in_flight=in_flight,
+            slots=ready.slots if ready is not None else self.config.parallel,
+            stream_tokens_per_s=run.rates() if run is not None else [],
             queued=queued,
             log_path=str(self.log_path),
             **lifecycle_fields(self.life),
@@ -247,91 +251,6 @@ class RoleDispatcher:
             ready = self.worker.ready if self.worker is not None else None
             n_embd = ready.n_embd if ready is not None and self._needs_no_switch(item) else 0
             self._serve(batch.coalesce(item, self.queue, self.config, self._max_frame, n_embd))
-
-    # ------------------------------------------------------------------ calls
-
-    def _serve(self, call: Attempted) -> None:
-        """Run a call that holds the role, then release the role."""
-        started = time.monotonic()
-        handed_over = False
-        try:
-            if call.settle_if_abandoned():
-                pass  # its caller left, or its deadline passed while it waited
-            elif (switch_failed := self._ensure_model(call)) is not None:
-                self._give_up(call, switch_failed)
-            elif not self._ensure_worker():
-                self._give_up(call, self.life.unavailable())
-            else:
-                handed_over = self._run_call(call)
-        finally:
-            elapsed_ms = (time.monotonic() - started) * 1000.0
-            for _ in () if handed_over else batch.calls_of(call):
-                self.stats.latency(elapsed_ms)  # a handed-over call counts where it ends
-            self.life.last_used = time.monotonic()
-            self.queue.release()
-
-    def _run_call(self, call: Attempted) -> bool:
-        """Attempts until the call is answered, under the rules of ``policy`` and
-        ``merging``. True if its calls were moved on for their retries (to another
-        replica, or a merged batch's parts each to the head of this role's line)."""
-        while True:
-            life = self.life
-            worker = life.worker
-            assert worker is not None
-            life.state = RoleState.BUSY
-            try:
-                outcome = run_attempt(worker, call, life.config)
-            finally:
-                if life.state == RoleState.BUSY:
-                    life.state = RoleState.READY
-            if isinstance(outcome, Answered):
-                batch.account(self.stats, call, outcome)
-                return False
-            reason = life.retire(worker, outcome)
-            parts, tail = batch.calls_of(call), worker.log_tail()
-            steps = merging.after_loss(outcome, parts, self.queue.closing)
-            if not policy.blames_the_request(worker.kill_reason is not None, reason):
-                for part in parts:
-                    part.lost_from_outside = True
-            crashed = partial(policy.crashed_error, self.role, reason=reason, log_tail=tail)
-            closing = self.shutting_down_error()
-            retry = batch.answer_lost(
-                parts, steps, self._give_up, crashed, closing, str(self.log_path)
-            )
-            if not retry:
-                if not self.queue.closing:
-                    self._respawn()
-                return False
-            for part in retry:
-                part.retried = True
-                self.stats.retrying()
-            if self._hand_over is not None and self._hand_over(retry, self):
-                log.warning("retrying call on another replica", role=self.role, reason=reason)
-                return True  # and the replica posted a Recover for this worker
-            log.warning("retrying call on a fresh worker", role=self.role, reason=reason)
-            if not self._respawn().ok:
-                for part in retry:
-                    self._give_up(part, self.life.unavailable())
-                return False
-            if len(retry) == 1:
-                call = retry[0]  # alone already: retried here, in this loop
-                continue
-            # Each alone, first in line, in their order; a retiring replica has no line to
-            # come back to, so those run here, one by one, on the fresh worker.
-            kept = [part for part in reversed(retry) if not self.queue.take_over(part)]
-            for part in reversed(kept):
-                if self.queue.closing:
-                    self._give_up(part, self.shutting_down_error())
-                else:
-                    self._run_call(part)
-            return len(kept) < len(retry)
-
-    def _give_up(self, call: Attempted, error: WorkerError) -> None:
-        """Answer ``call`` with ``error``; quarantine it if it is poison by its own doing."""
-        self.stats.failed()
-        if not (isinstance(call, Call) and call.lost_from_outside):
-            self.quarantine.remember(call, self.life.wanted, error, self.config.quarantine_s)
-        call.fail(error)
 
     # ------------------------------------------------------------------ workers
 

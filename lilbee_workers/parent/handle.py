@@ -7,6 +7,8 @@ without a model or a subprocess.
 
 from __future__ import annotations
 
+import math
+import select
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -42,8 +44,9 @@ class WorkerHandle(Protocol):
         """Whether its health watch still runs."""
         ...
 
-    def wait_data(self, timeout: float) -> tuple[bool, bool]:
-        """(data pipe readable, process gone) within ``timeout`` s."""
+    def wait_data(self, timeout: float, wake_fd: int = -1) -> tuple[bool, bool]:
+        """(data pipe readable, process gone) within ``timeout`` s; returns early, with
+        neither, when ``wake_fd`` (if given) becomes readable."""
         ...
 
     def vitals(self) -> dict[str, Any]: ...
@@ -72,3 +75,20 @@ class WorkerFactory(Protocol):
         on_exit: Callable[[WorkerHandle], None],
         warm_up: bool,
     ) -> WorkerHandle: ...
+
+
+def poll_data(
+    poller: select.poll, data_fd: int, timeout: float, wake_fd: int = -1
+) -> tuple[bool, bool]:
+    """``wait_data`` over a poller that watches the data pipe and a death sentinel:
+    (data readable, the worker gone), or neither once ``wake_fd`` is readable."""
+    if wake_fd >= 0:
+        poller.register(wake_fd, select.POLLIN)
+    try:
+        events = poller.poll(max(0, math.ceil(timeout * 1000)))
+    finally:
+        if wake_fd >= 0:
+            poller.unregister(wake_fd)
+    readable = any(fd == data_fd for fd, _ in events)
+    dead = any(fd not in (data_fd, wake_fd) for fd, _ in events)
+    return readable, dead

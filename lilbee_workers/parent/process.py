@@ -12,7 +12,6 @@ the process is stopped or wedged, so the monitor kills it and records why.
 
 from __future__ import annotations
 
-import math
 import os
 import select
 import signal
@@ -30,6 +29,7 @@ import structlog
 from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import ProtocolError
 from lilbee_workers.logs import rotate_if_large, tail_lines
+from lilbee_workers.parent.handle import poll_data
 from lilbee_workers.parent.launch import launch_worker
 from lilbee_workers.parent.monitor import HealthMonitor
 from lilbee_workers.parent.policy import StartFailed
@@ -211,16 +211,9 @@ class WorkerProcess:
         thread = self._monitor_thread
         return self._exited.is_set() or (thread is not None and thread.is_alive())
 
-    def wait_data(self, timeout: float) -> tuple[bool, bool]:
+    def wait_data(self, timeout: float, wake_fd: int = -1) -> tuple[bool, bool]:
         """Wait up to ``timeout`` s: (data pipe readable, process gone)."""
-        events = self._poller.poll(max(0, math.ceil(timeout * 1000)))
-        readable = dead = False
-        for fd, _ in events:
-            if fd == self._data_fd:
-                readable = True
-            else:
-                dead = True
-        return readable, dead
+        return poll_data(self._poller, self._data_fd, timeout, wake_fd)
 
     # ------------------------------------------------------------------ facts
 

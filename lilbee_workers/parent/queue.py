@@ -7,6 +7,7 @@ dispatcher thread meet here, under one condition variable.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -120,6 +121,8 @@ class RoleQueue:
         # the start so that no call runs before the first worker is up.
         self._holder: object | None = _LIFECYCLE
         self._room_waiters = 0  # callers waiting for room in a full queue
+        self._running = 0  # calls in slots beyond the holder (a batching worker)
+        self._wake_fd = -1  # a slot run's eventfd: told of every new call and control
         self.prefer: Callable[[Call], bool] = lambda call: True
         """Calls the worker serves without a model switch: they go first, for up to
         ``GROUP_PATIENCE_S`` of the oldest call's wait (set by the dispatcher)."""
@@ -143,6 +146,7 @@ class RoleQueue:
                 return True
             self._calls.append(call)
             self.cond.notify_all()
+            self._wake()
             return False
 
     def take_over(self, call: Call) -> bool:
@@ -153,6 +157,7 @@ class RoleQueue:
                 return False
             self._calls.appendleft(call)
             self.cond.notify_all()
+            self._wake()
             return True
 
     def _admit(self, block_s: float, refuse: Callable[[], WorkerError | None]) -> None:
@@ -196,11 +201,13 @@ class RoleQueue:
                 return
             self._controls.append(control)
             self.cond.notify_all()
+            self._wake()
 
     def close(self) -> None:
         with self.cond:
             self.closing = True
             self.cond.notify_all()
+            self._wake()
 
     def retire(self) -> None:
         """Take no more calls (``retiring``); the caller moves the queued ones."""
@@ -209,10 +216,12 @@ class RoleQueue:
             self.cond.notify_all()
 
     def counts(self) -> tuple[int, int]:
-        """(calls queued by live callers, calls running: 0 or 1)."""
+        """(calls queued by live callers, calls running: 0 or 1, or a batching
+        worker's calls in its slots)."""
         with self.cond:
             queued = sum(not call.cancelled for call in self._calls)
-            return queued, 0 if self._holder in (None, _LIFECYCLE) else 1
+            holding = 0 if self._holder in (None, _LIFECYCLE) else 1
+            return queued, max(holding, self._running)
 
     # ------------------------------------------------------------------ dispatcher thread
 
@@ -262,10 +271,41 @@ class RoleQueue:
                     return call
         return self._calls.popleft()
 
+    # ------------------------------------------------------------------ slots
+
+    def listen(self, wake_fd: int) -> None:
+        """A slot run on this role wants to hear of every new call or control (-1: none)."""
+        with self.cond:
+            self._wake_fd = wake_fd
+
+    def _wake(self) -> None:
+        if self._wake_fd >= 0:
+            os.eventfd_write(self._wake_fd, 1)
+
+    def take_for_slots(self, free: int, running: int) -> list[Call]:
+        """Up to ``free`` queued calls for slots beside ``running`` others, in order:
+        none while a control waits (a restart drains the slots) or the role closes; a
+        call that needs another model keeps its place; a retried call stops the
+        taking (it runs alone, once the slots drain)."""
+        taken: list[Call] = []
+        with self.cond:
+            if not (self._controls or self.closing or self.retiring):
+                for call in list(self._calls):
+                    if len(taken) >= free or call.retried:
+                        break
+                    if self.prefer(call):
+                        self._calls.remove(call)
+                        taken.append(call)
+            self._running = running + len(taken)
+            if taken and self._room_waiters:
+                self.cond.notify_all()
+        return taken
+
     def release(self) -> None:
         """Free the role for the next call or control."""
         with self.cond:
             self._holder = None
+            self._running = 0
             if self._calls or self._controls or self._room_waiters:
                 self.cond.notify_all()
 

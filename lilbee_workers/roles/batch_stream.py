@@ -36,8 +36,9 @@ class Sampling:
 @dataclass(frozen=True)
 class StreamEvent:
     """What one step did for one stream: the token it sampled (none when cancelled),
-    new text (may be empty) and, on its last event, why it finished and its token
-    counts. Invalid UTF-8 from the model is dropped, as llama-cpp-python drops it."""
+    new text (may be empty) and, on its last event, why it finished and its prompt's token
+    count (``completion_tokens`` is the count so far on every event). Invalid UTF-8
+    from the model is dropped, as llama-cpp-python drops it."""
 
     stream_id: int
     text: str

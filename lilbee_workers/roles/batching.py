@@ -271,7 +271,9 @@ class BatchedGenerator:
         limit = stream.sampling.max_tokens
         if (limit is not None and stream.completion >= limit) or stream.n_past >= self.stream_ctx:
             return self._finish(stream, "length", text + stream.text.flush(), token)
-        return StreamEvent(stream.stream_id, text, tokens=(token,))
+        return StreamEvent(
+            stream.stream_id, text, completion_tokens=stream.completion, tokens=(token,)
+        )
 
     def _finish(
         self, stream: Stream, reason: FinishReason, text: str, token: int | None = None

@@ -17,6 +17,8 @@ from lilbee_workers.roles.base import (
     decode_aborted,
     open_llama,
 )
+from lilbee_workers.roles.batch_stream import Sampling
+from lilbee_workers.roles.chat_prompt import chat_prompt, completion_tokens
 from lilbee_workers.transport.frames import (
     ChatChunk,
     ChatRequest,
@@ -131,7 +133,8 @@ def stream_generation(
             choice = chunk["choices"][0]
             text = text_of(choice)
             if text:
-                ctx.emit(ChatChunk(id=ctx.request_id, index=len(pieces), text=text))
+                chunk = ChatChunk(ctx.request_id, len(pieces), text, meter.completion_tokens)
+                ctx.emit(chunk)
                 pieces.append(text)
             if choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
@@ -206,6 +209,26 @@ class ChatHandler(RoleHandler):
             seed=request.seed,
             prompt_cache=self.config.prompt_cache,
         )
+
+    def stream_plan(self, request: ChatRequest | CompleteRequest) -> tuple[list[int], Sampling]:
+        """What a batched stream generates from (``parallel`` > 1): the checked request's
+        prompt tokens, built as the solo path builds them, and its sampling settings."""
+        check_content(request)
+        check_sampling(request.max_tokens, request.temperature, request.top_p)
+        check_seed(request.seed)
+        if isinstance(request, ChatRequest):
+            messages = check_messages(request.messages)
+            tokens, stop = chat_prompt(self.llm, messages, list(request.stop))
+        else:
+            tokens, stop = completion_tokens(self.llm, request.prompt), list(request.stop)
+        sampling = Sampling(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            max_tokens=request.max_tokens,
+            stop=tuple(stop),
+        )
+        return tokens, sampling
 
     def complete(self, request: CompleteRequest, ctx: RequestContext) -> ChatResult:
         """Continue a raw prompt: no chat template (base models continue text well and

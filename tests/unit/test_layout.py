@@ -141,10 +141,7 @@ def test_no_import_cycles() -> None:
 
 
 LIMITS = {
-    "lilbee_workers.transport.frames": 420,  # the whole wire schema, in one place by design
-    # The arbiter loop with the merged-batch split and the quarantine hooks; issue 19's
-    # slots rework splits its call path from its control path (one call per worker ends).
-    "lilbee_workers.parent.dispatcher": 390,
+    "lilbee_workers.transport.frames": 430,  # the whole wire schema, in one place by design
 }
 
 
