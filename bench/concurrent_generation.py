@@ -23,6 +23,11 @@ Figures: aggregate generated tokens/s (completion tokens from each answer's ``us
 server sends no usage, and the table says which) over the wall time of the whole load,
 and time to first token (request sent -> first chunk with text) p50/p99 over all
 requests of a round (p99 is nearest rank: with fewer than 100 requests, the slowest).
+The machine is shared: before each load the bench waits (``--quiet``, ``--quiet-wait``)
+until other work takes little CPU, and every figure comes with the share of the CPUs
+other work took while it was measured (bench/quiet.py); a load that other work
+disturbed (``--busy``) is measured again, up to ``--retries`` times, and the least
+disturbed run counts.
 
 Run: ``python bench/concurrent_generation.py [--rounds 3] [--streams 1,4,8] [--json FILE]``
 """
@@ -47,6 +52,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from peers import free_port, served  # noqa: E402
+from quiet import CpuShare, wait_for_quiet  # noqa: E402
 
 DEFAULT_LLAMA_SERVER = HERE / ".llama-server" / "build" / "bin" / "llama-server"
 OPENINGS = [
@@ -192,12 +198,39 @@ def block(contender: Contender, round_: int, args: argparse.Namespace) -> None:
         warm_up(client, url, args.tokens, contender.extra)
         for streams in args.streams:
             calls = max(1, args.requests // streams)
-            figures = load(client, url, round_, streams, calls, args.tokens, contender.extra)
+            figures, before = measure(client, url, round_, streams, calls, contender, args)
             contender.runs.setdefault(streams, []).append(figures)
             print(f"  round {round_ + 1} {contender.name:<28} {streams} streams: "
                   f"{figures['tok_s']:.1f} tok/s, TTFT p50 {figures['ttft_p50_ms']:.0f} ms, "
-                  f"{figures['tokens_per_call']:.0f} tokens/answer",
+                  f"{figures['tokens_per_call']:.0f} tokens/answer; other work "
+                  f"{100 * before:.0f}% of the CPUs before, {figures['others_cpu']:.0f}% during",
                   flush=True)  # fmt: skip
+
+
+def measure(
+    client: Any,
+    url: str,
+    round_: int,
+    streams: int,
+    calls: int,
+    contender: Contender,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], float]:
+    """One load, after waiting for a quiet machine; measured again (up to ``--retries``
+    times) while other work took over ``--busy`` of the CPUs during it. The run other
+    work disturbed least, and other work's share just before it."""
+    runs = []
+    for _ in range(1 + args.retries):
+        before = wait_for_quiet(args.quiet, args.quiet_wait)
+        share = CpuShare()
+        figures = load(client, url, round_, streams, calls, args.tokens, contender.extra)
+        figures["others_cpu"] = 100 * share.others()
+        runs.append((figures, before))
+        if figures["others_cpu"] < 100 * args.busy:
+            break
+        print(f"  ({contender.name}, {streams} streams: other work took "
+              f"{figures['others_cpu']:.0f}% of the CPUs during the load)", flush=True)  # fmt: skip
+    return min(runs, key=lambda run: float(run[0]["others_cpu"]))
 
 
 def warm_up(client: Any, url: str, tokens: int, extra: dict[str, Any]) -> None:
@@ -223,7 +256,7 @@ def summary(contenders: list[Contender]) -> dict[str, dict[int, dict[str, Any]]]
         for streams, runs in c.runs.items():
             row: dict[str, Any] = {
                 k: round(statistics.median(r[k] for r in runs), 1)
-                for k in ("tok_s", "ttft_p50_ms", "ttft_p99_ms", "tokens_per_call")
+                for k in ("tok_s", "ttft_p50_ms", "ttft_p99_ms", "tokens_per_call", "others_cpu")
             }
             row["rounds"] = len(runs)
             row["source"] = ",".join(sorted({r["source"] for r in runs}))
@@ -269,14 +302,15 @@ def ratios(table: dict[str, dict[int, dict[str, Any]]], streams: list[int]) -> l
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["| streams | server | tok/s (aggregate) | TTFT p50 (ms) | TTFT p99 (ms) "
-             "| tokens/answer | counted from |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| tokens/answer | counted from | other work, % CPU |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for n in report["streams"]:
         for name, rows in report["table"].items():
             if n in rows:
                 r = rows[n]
                 ttft = f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f}"
-                lines.append(f"| {n} | {name} | {r['tok_s']} | {ttft} | "
-                             f"{r['tokens_per_call']} | {r['source']} |")  # fmt: skip
+                rest = f"{r['tokens_per_call']} | {r['source']} | {r['others_cpu']:.0f}"
+                lines.append(f"| {n} | {name} | {r['tok_s']} | {ttft} | {rest} |")
     lines += ["", "| streams | ratio | of | value | target |", "|---|---|---|---|---|"]
     for r in report["ratios"]:
         figure = "tok/s" if r["figure"] == "tok_s" else "TTFT p50"
@@ -300,6 +334,12 @@ def main() -> None:
     parser.add_argument("--parallel", default="1,8", help="our roles.chat.parallel values")
     parser.add_argument("--slots", type=int, default=8, help="llama-server -np")
     parser.add_argument("--skip-peer", action="store_true", help="leave llama-server out")
+    parser.add_argument("--quiet", type=float, default=0.15, help="before each load, wait "
+                        "until other work takes under this share of the CPUs")  # fmt: skip
+    parser.add_argument("--quiet-wait", type=float, default=60, help="... at most this long (s)")
+    parser.add_argument("--busy", type=float, default=0.25, help="measure a load again "
+                        "when other work took over this share of the CPUs during it")  # fmt: skip
+    parser.add_argument("--retries", type=int, default=2, help="... at most this many times")
     parser.add_argument("--json", default="", help="also write the report here")
     args = parser.parse_args()
     args.streams = [int(n) for n in args.streams.split(",")]
