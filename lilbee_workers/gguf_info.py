@@ -3,8 +3,8 @@
 Enough for ``doctor`` to tell what a model file is: its architecture, pooling type,
 chat template, or CLIP projector keys. Layout (little-endian, GGUF v2/v3): magic
 ``GGUF``, u32 version, u64 tensor count, u64 key/value count, then per pair a string key
-(u64 length + UTF-8), a u32 value type and the value. Arrays are read past, and kept
-only as their length."""
+(u64 length + UTF-8), a u32 value type and the value. Arrays are kept as their length,
+and short number arrays (per-layer head counts) also as their values."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ _SCALARS: dict[int, struct.Struct] = {
     12: struct.Struct("<d"),
 }
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+KEPT_ARRAY_ITEMS = 1024
+"""Number arrays up to this long keep their values (a model's per-layer figures);
+longer ones (token scores and types) only their length."""
 MetadataValue = int | float | bool | str
 
 
@@ -38,10 +41,12 @@ class GGUFError(ValueError):
 
 @dataclass
 class GGUFArray:
-    """An array value, read past: its element type and length."""
+    """An array value: its element type and length, and its items when it is a short
+    array of numbers (None otherwise)."""
 
     item_type: int
     length: int
+    values: list[int | float | bool] | None = None
 
 
 @dataclass
@@ -115,8 +120,13 @@ class _Reader:
             return self._string()
         if kind == ARRAY:
             item_type, length = self._unpack(_U32), self._unpack(_U64)
+            start = self.pos
             self._skip_array(item_type, length)
-            return GGUFArray(item_type, length)
+            if item_type == STRING or length > KEPT_ARRAY_ITEMS:
+                return GGUFArray(item_type, length)
+            item = _SCALARS[item_type]
+            values = [item.unpack_from(self.data, start + i * item.size)[0] for i in range(length)]
+            return GGUFArray(item_type, length, values)
         layout = _SCALARS.get(kind)
         if layout is None:
             raise GGUFError(f"{self.path}: unknown metadata value type {kind}")

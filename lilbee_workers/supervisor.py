@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from lilbee_workers import memory
 from lilbee_workers.api import CallHandle, WorkerAPI
 from lilbee_workers.config import SupervisorConfig, default_config, load_config
 from lilbee_workers.errors import InvalidRequest, WorkerUnavailable
@@ -74,6 +75,7 @@ class Supervisor(WorkerAPI):
         self.config = config.validate()
         if not structlog.is_configured():  # never log to stdout behind an app's back
             configure_logging(self.config.log_level, self.config.log_format)
+        memory.check_machine(self.config)  # refuses what will not fit; warns of thread overload
         self.queue_wait_s = queue_wait_s
         self.log_dir = self.config.resolved_log_dir()
         self._dispatchers: dict[str, ReplicaSet] = {}
@@ -245,6 +247,7 @@ class Supervisor(WorkerAPI):
             raise InvalidRequest("reload cannot change backend or ray_address; restart the daemon")
         old = self.config
         changed = [role for role, new in config.roles.items() if new != old.roles[role]]
+        memory.check_reload(old, config, changed)  # refuses what will not fit, before any stop
         jobs = {role: self._dispatchers[role].restart(config.roles[role]) for role in changed}
         failed: dict[str, str] = {}
         for role, job in jobs.items():

@@ -12,9 +12,11 @@ import numpy as np
 from tiny_models import WORDS
 
 
-def write_tiny_llama(path: Path, *, n_embd: int = 256, n_layer: int = 2, seed: int = 7) -> Path:
+def write_tiny_llama(
+    path: Path, *, n_embd: int = 256, n_layer: int = 2, seed: int = 7, n_head_kv: int = 4
+) -> Path:
     """Write ``path`` (Q4_K_M; K-quants need rows of 256). Random weights: it proves code
-    paths and numerics, not wisdom."""
+    paths and numerics, not wisdom. 4 heads; ``n_head_kv`` < 4 shares K/V heads (GQA)."""
     import gguf
     import llama_cpp as L
 
@@ -31,7 +33,7 @@ def write_tiny_llama(path: Path, *, n_embd: int = 256, n_layer: int = 2, seed: i
     writer.add_feed_forward_length(2 * n_embd)
     writer.add_block_count(n_layer)
     writer.add_head_count(4)
-    writer.add_head_count_kv(4)
+    writer.add_head_count_kv(n_head_kv)
     writer.add_rope_dimension_count(n_embd // 4)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_tokenizer_model("llama")
@@ -53,7 +55,8 @@ def write_tiny_llama(path: Path, *, n_embd: int = 256, n_layer: int = 2, seed: i
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensor(f"blk.{i}.{part}.weight", n_embd, n_embd)
+            rows = n_embd // 4 * n_head_kv if part in ("attn_k", "attn_v") else n_embd
+            tensor(f"blk.{i}.{part}.weight", rows, n_embd)
         tensor(f"blk.{i}.ffn_gate.weight", 2 * n_embd, n_embd)
         tensor(f"blk.{i}.ffn_up.weight", 2 * n_embd, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, 2 * n_embd)

@@ -72,7 +72,7 @@ class BatchEngine:
 
         # ctypes keeps no reference of its own: it lives as long as this engine.
         self._abort_callback = llama_cpp.ggml_abort_callback(should_abort)
-        llama_cpp.llama_set_abort_callback(generator._ctx, self._abort_callback, None)
+        llama_cpp.llama_set_abort_callback(generator.context, self._abort_callback, None)
         return generator
 
     # -- any thread ----------------------------------------------------------------

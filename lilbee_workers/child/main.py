@@ -139,8 +139,25 @@ def load_role(
         load_seconds=seconds,
         node=node,
         slots=engine.parallel if engine is not None else 1,
+        kv_cache_bytes=kv_cache_bytes(handler, engine),
     )
     return Loaded(handler, ready, engine)
+
+
+def kv_cache_bytes(handler: RoleHandler, engine: BatchEngine | None) -> int:
+    """The worker's KV caches (every context it made), from the model's metadata; 0 if
+    that cannot be read (the figure is for ``status``, never a reason to fail)."""
+    import llama_cpp
+
+    from lilbee_workers.memory import cache_bytes
+
+    contexts = [llm.ctx for llm in handler.models()]
+    if engine is not None:
+        contexts.append(engine.generator.context)
+    try:
+        return cache_bytes(handler.model_path, sum(llama_cpp.llama_n_ctx(c) for c in contexts))
+    except Exception:
+        return 0
 
 
 def batch_engine(

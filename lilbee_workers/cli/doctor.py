@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from lilbee_workers import catalog
+from lilbee_workers.cli.doctor_machine import check_memory, check_threads
+from lilbee_workers.cli.findings import Finding, Level
 from lilbee_workers.config import (
     RoleConfig,
     SupervisorConfig,
@@ -28,17 +28,7 @@ from lilbee_workers.service.socket_paths import socket_path_for
 
 RANK_POOLING = 4
 """llama.cpp's ``LLAMA_POOLING_TYPE_RANK``: a cross-encoder with a score head."""
-Level = Literal["ok", "warn", "error"]
-
-
-@dataclass
-class Finding:
-    """One check's verdict."""
-
-    check: str
-    level: Level
-    message: str
-    fix: str = ""
+__all__ = ["Finding", "Level", "check_config", "diagnose"]
 
 
 def check_config(config_path: Path | None, socket_flag: Path | None) -> list[Finding]:
@@ -67,6 +57,7 @@ def diagnose(
         findings.append(check_ray(config.ray_address))
     for role, role_config in config.roles.items():
         findings += check_role(role, role_config)
+    findings += check_memory(config) + check_threads(config)
     findings.append(check_log_dir(config.resolved_log_dir()))
     findings.append(check_socket_dir(socket))
     findings.append(check_daemon(config, config_path, socket, socket_source))

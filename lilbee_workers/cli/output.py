@@ -38,14 +38,21 @@ def status_table(statuses: list[RoleStatus]) -> Table:
             table.add_column(column, no_wrap=True, min_width=len(column))
     table.add_column("p50/p99ms", no_wrap=True)
     table.add_column("RSS", no_wrap=True)
-    on_ray = any(s.node for status in statuses for s in (status, *status.replicas))
-    if on_ray:  # backend = "ray": which node each actor runs on
-        table.add_column("node", no_wrap=True)
+    rows = [s for status in statuses for s in (status, *status.replicas)]
+    batched = any(s.slots > 1 for s in rows)  # an 80-column table has no room otherwise
+    extra = {  # columns only some setups need, each with what a row shows in it
+        "tok/s": _stream_rate if batched else None,
+        "KV": _kv_cache if batched else None,
+        "node": _node if any(s.node for s in rows) else None,  # backend = "ray"
+    }
+    shown = [cell for column, cell in extra.items() if cell is not None]
+    for column, cell in extra.items():
+        if cell is not None:
+            table.add_column(column, no_wrap=True)
     exits = []
     for s in statuses:
         for name, row in ((s.role, s), *((f"  #{r.replica}", r) for r in s.replicas)):
-            cells = _status_row(name, row)
-            table.add_row(*cells, *((row.node[:8] or "-",) if on_ray else ()))
+            table.add_row(*_status_row(name, row), *(cell(row) for cell in shown))
         if s.last_exit:
             exits.append(f"{s.role}: {s.last_exit}")
     if exits:
@@ -63,11 +70,25 @@ def _status_row(name: str, s: RoleStatus) -> tuple[str, ...]:
         s.model_name or Path(s.model).stem,
         _duration(s.uptime_s) if s.pid else "-",
         str(s.restarts),
-        f"{s.in_flight}+{s.queued}",
+        f"{s.in_flight}/{s.slots}+{s.queued}" if s.slots > 1 else f"{s.in_flight}+{s.queued}",
         f"{s.served}/{s.errors}/{s.cancelled}",
         f"{p50}/{p99}",
         _size(s.rss_bytes),
     )
+
+
+def _stream_rate(s: RoleStatus) -> str:
+    """The running streams' mean generation rate, tokens per second each."""
+    rates = s.stream_tokens_per_s
+    return f"{sum(rates) / len(rates):.1f}" if rates else "-"
+
+
+def _kv_cache(s: RoleStatus) -> str:
+    return _size(s.kv_cache_bytes) if s.kv_cache_bytes else "-"
+
+
+def _node(s: RoleStatus) -> str:
+    return s.node[:8] or "-"
 
 
 def state_text(status: RoleStatus) -> str:

@@ -4,6 +4,10 @@ A collector reads ``status()`` at scrape time, so nothing is counted twice and t
 numbers always agree with ``lilbee-workers status``. Every series is labelled by
 ``role`` only, so a role's history stays one series when it switches models;
 ``lilbee_role_model{role, model}`` (always 1) names the model it has loaded.
+
+``lilbee_stream_tokens_per_second`` is the mean of the running streams' own rates (what
+one caller sees; it falls as companions join a batched worker); the role's total
+generation rate is ``rate(lilbee_tokens_generated_total[1m])``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ _SIMPLE: list[tuple[str, str, type[CounterMetricFamily | GaugeMetricFamily], str
      CounterMetricFamily, "quarantined"),
     ("lilbee_queue_depth", "Calls waiting.", GaugeMetricFamily, "queued"),
     ("lilbee_in_flight", "Calls running.", GaugeMetricFamily, "in_flight"),
+    ("lilbee_slots", "Calls the role's workers run at once (parallel x replicas).",
+     GaugeMetricFamily, "slots"),
+    ("lilbee_slots_busy", "Slots running a call (= lilbee_in_flight).", GaugeMetricFamily,
+     "in_flight"),
+    ("lilbee_kv_cache_bytes", "KV cache of the role's workers, as llama.cpp sized it.",
+     GaugeMetricFamily, "kv_cache_bytes"),
     ("lilbee_worker_rss_bytes", "Resident memory of the worker.", GaugeMetricFamily,
      "rss_bytes"),
 ]  # fmt: skip
@@ -69,6 +79,11 @@ class StatusCollector(Collector):
             "lilbee_role_model", "1, labelled with the model the role has loaded.",
             labels=["role", "model"],
         )  # fmt: skip
+        stream_rate = GaugeMetricFamily(
+            "lilbee_stream_tokens_per_second",
+            "Mean generation rate of the streams running now, tokens/s each (0: none runs).",
+            labels=["role"],
+        )
         for status in roles:
             role = status.role
             requests.add_metric([role, "ok"], status.served)
@@ -84,7 +99,9 @@ class StatusCollector(Collector):
             model = status.model_name or model_name(status.model)
             if model:
                 loaded.add_metric([role, model], 1.0)
-        yield from (requests, latency, *simple, state, loaded)
+            rates = status.stream_tokens_per_s
+            stream_rate.add_metric([role], sum(rates) / len(rates) if rates else 0.0)
+        yield from (requests, latency, *simple, stream_rate, state, loaded)
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:

@@ -1,14 +1,16 @@
 """One role's dispatcher: a bounded queue of calls, the role's worker, and the thread
 that restarts it when it dies or hangs (gunicorn's arbiter, per role).
 
-One call holds the role at a time. A non-streaming call without a timeout that finds
-the role idle runs its pipe I/O in the caller's own thread (no thread hand-off on the
-hot path); other calls are run by the dispatcher thread. Either way, every worker is
-*started* on the dispatcher thread, which lives as long as the supervisor: Linux's
-parent-death signal follows the thread that forked, not the process.
+One call holds the role at a time, or, on a worker that batches (chat ``parallel`` > 1),
+the calls in its slots side by side (``slots``). A non-streaming call without a timeout
+that finds a one-call role idle runs its pipe I/O in the caller's own thread (no thread
+hand-off on the hot path); other calls are run by the dispatcher thread. Either way,
+every worker is *started* on the dispatcher thread, which lives as long as the
+supervisor: Linux's parent-death signal follows the thread that forked, not the process.
 
-Here: the queue-facing verbs and the dispatcher thread. Workers come and go in
-``lifecycle``; one attempt is ``attempt``; the retry rules ``policy``; counters ``stats``.
+Here: the queue-facing verbs, the control path and the dispatcher thread; calls run in
+``call_path``. Workers come and go in ``lifecycle``; one attempt is ``attempt``; the
+retry rules ``policy`` and ``merging``; counters ``stats``.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ class RoleDispatcher(CallPath):
         deadline, while the dispatcher thread winds the worker down). Returns the call."""
         self.quarantine.check(request, self.life.wanted(request))
         call = Call(self.role, request, timeout)
-        hold = timeout is None and self._needs_no_switch(call)
+        # Not on a worker that batches: the holder of its slots serves every call that
+        # joins them, and a caller's thread must return with its own answer.
+        hold = timeout is None and self._needs_no_switch(call) and not self._batching()
         if self.queue.enqueue(call, block_s, self._refusal, hold_if_idle=hold):
             self._serve(call)
         return call
@@ -189,6 +193,7 @@ class RoleDispatcher(CallPath):
             in_flight=in_flight,
             slots=ready.slots if ready is not None else self.config.parallel,
             stream_tokens_per_s=run.rates() if run is not None else [],
+            kv_cache_bytes=ready.kv_cache_bytes if ready is not None else 0,
             queued=queued,
             log_path=str(self.log_path),
             **lifecycle_fields(self.life),
@@ -253,6 +258,11 @@ class RoleDispatcher(CallPath):
             self._serve(batch.coalesce(item, self.queue, self.config, self._max_frame, n_embd))
 
     # ------------------------------------------------------------------ workers
+
+    def _batching(self) -> bool:
+        """Whether the worker runs several calls at once (its slots)."""
+        worker = self.worker
+        return worker is not None and worker.ready is not None and worker.ready.slots > 1
 
     def _needs_no_switch(self, call: Call) -> bool:
         """Whether the loaded worker serves the model ``call`` wants."""

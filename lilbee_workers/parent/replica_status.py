@@ -1,4 +1,5 @@
-"""A replicated role's status as a whole, from its replicas' own: counters added up,
+"""A replicated role's status as a whole, from its replicas' own: counters added up
+(slots and KV caches too: each replica has its own), every running stream's rate,
 latency percentiles over all their calls, the state of the whole."""
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _SUMMED = (
     "restarts",
     "generation",
     "in_flight",
+    "slots",
+    "kv_cache_bytes",
     "queued",
     "served",
     "errors",
@@ -73,6 +76,7 @@ def merge(role: str, each: list[RoleStatus], latencies: list[list[float]]) -> Ro
     merged.p50_ms, merged.p99_ms = percentile(pooled, 0.50), percentile(pooled, 0.99)
     buckets = zip(*(status.latency_buckets for status in each), strict=True)
     merged.latency_buckets = [sum(counts) for counts in buckets]
+    merged.stream_tokens_per_s = [rate for s in each for rate in s.stream_tokens_per_s]
     merged.quarantined = lead.quarantined  # the role's one quarantine, not one per replica
     merged.batch_sizes = dict(sum((Counter(s.batch_sizes) for s in each), Counter()))
     merged.batch_tokens = dict(sum((Counter(s.batch_tokens) for s in each), Counter()))

@@ -131,6 +131,11 @@ class BatchedGenerator:
                 self._cancels.add(stream_id)
 
     @property
+    def context(self) -> Any:
+        """The ``llama_context`` the streams decode in."""
+        return self._ctx
+
+    @property
     def running(self) -> int:
         return sum(slot is not None for slot in self._slots)
 

@@ -66,3 +66,24 @@ def test_bad_files_are_clear_errors(content: bytes, match: str, tmp_path: Path) 
     path.write_bytes(content)
     with pytest.raises(GGUFError, match=match):
         read_metadata(path)
+
+
+def test_short_number_arrays_keep_their_values(tmp_path: Path) -> None:
+    """Per-layer figures (a hybrid model's K/V heads: 0 where a layer has no attention)
+    are read as the `gguf` package reads them; long arrays only as their length."""
+    import gguf
+
+    path = tmp_path / "a.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("llama.attention.head_count_kv", [0, 2, 0, 2])
+    writer.add_array("llama.big", list(range(5000)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    fields = gguf.GGUFReader(str(path)).fields
+    info = read_metadata(path)
+    heads = info.get("llama.attention.head_count_kv")
+    assert isinstance(heads, GGUFArray)
+    assert heads.values == fields["llama.attention.head_count_kv"].contents() == [0, 2, 0, 2]
+    big = info.get("llama.big")
+    assert isinstance(big, GGUFArray) and big.length == 5000 and big.values is None
