@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -343,6 +344,8 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the report here")
     args = parser.parse_args()
     args.streams = [int(n) for n in args.streams.split(",")]
+    # A SIGTERM (``timeout``) unwinds like Ctrl-C, so the running server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.threads > (os.cpu_count() or 1):
         print(f"warning: {args.threads} threads on {os.cpu_count()} cores: threads spin "
               "against each other and every figure drops")  # fmt: skip
