@@ -21,6 +21,7 @@ import queue
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -31,7 +32,19 @@ from lilbee_workers.config import RoleConfig
 from lilbee_workers.errors import InvalidRequest, ProtocolError
 from lilbee_workers.transport import codec
 from lilbee_workers.transport.error_frames import to_frame
-from lilbee_workers.transport.frames import Frame, LoadFailed, Request, WorkerBoot
+from lilbee_workers.transport.frames import (
+    ChatRequest,
+    ChatResult,
+    CompleteRequest,
+    ErrorFrame,
+    Frame,
+    LoadFailed,
+    Request,
+    WorkerBoot,
+)
+
+if TYPE_CHECKING:
+    from lilbee_workers.child.engine import BatchEngine
 
 log = logging.getLogger("lilbee_workers.actor")
 _OUTBOX_FRAMES = 1000  # log and progress frames kept between two beats
@@ -66,6 +79,7 @@ class RoleActor:
         self.state = RequestState()
         self.outbox = Outbox(self.boot.max_frame_bytes)
         self.server: Server | None = None
+        self.engine: BatchEngine | None = None
         os.environ.setdefault("GGML_NO_BACKTRACE", "1")
         logging.basicConfig(level=logging.INFO)
         self._forward = ForwardingHandler(self.outbox)
@@ -78,7 +92,40 @@ class RoleActor:
         if isinstance(loaded, LoadFailed):
             return codec.encode(loaded)
         self.server = Server(None, loaded.handler, self.state, self.config, self.boot)  # type: ignore[arg-type]
+        if loaded.engine is not None:
+            self.engine = loaded.engine
+            threading.Thread(target=self._step_streams, name="batch-steps", daemon=True).start()
         return codec.encode(loaded.ready)
+
+    def _step_streams(self) -> None:
+        """The stepping thread of an actor that batches streams. It must not die
+        quietly: an unexpected error ends the actor (Ray reports it gone, and the
+        supervisor's rules take over, as for a crashed local worker)."""
+        engine = self.engine
+        assert engine is not None
+        try:
+            while self.server is not None:
+                if engine.wait_for_work(0.5):
+                    engine.step()
+        except BaseException as exc:
+            log.critical("batched stepping failed: %r", exc)
+            os._exit(70)
+
+    def _stream(self, request: ChatRequest | CompleteRequest) -> Iterator[bytes]:
+        """A chat stream on the batch engine: its frames as the stepping thread makes
+        them. A caller that leaves before the end cancels its stream alone."""
+        assert self.engine is not None
+        frames: queue.SimpleQueue[Frame] = queue.SimpleQueue()
+        self.engine.submit(request, frames.put)
+        finished = False
+        try:
+            while not finished:
+                frame = frames.get()
+                finished = isinstance(frame, (ChatResult, ErrorFrame))
+                yield self._encode(frame, request.id)
+        finally:
+            if not finished:
+                self.state.cancel_request(request.id)
 
     def call(self, raw: bytes) -> Iterator[bytes]:
         """One request's frames, encoded: its chunks as they come, then its final frame
@@ -88,6 +135,9 @@ class RoleActor:
             yield decoded
             return
         request, server = decoded
+        if self.engine is not None and isinstance(request, (ChatRequest, CompleteRequest)):
+            yield from self._stream(request)
+            return
         frames: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
 
         def run() -> None:
@@ -157,6 +207,8 @@ class RoleActor:
         actor's process simply ends with it)."""
         logging.getLogger("lilbee_workers").removeHandler(self._forward)
         if self.server is not None:
+            if self.engine is not None:
+                self.engine.close()
             for llm in self.server.handler.models():
                 llm.close()
             self.server = None

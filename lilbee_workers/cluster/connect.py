@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from lilbee_workers.config import RoleConfig
+from lilbee_workers.config_problems import MAX_PARALLEL
 from lilbee_workers.errors import ConfigError
 
 NAMESPACE = "lilbee-workers"
@@ -148,7 +149,9 @@ def actor_class() -> Any:
             # (and the roles it loads) runs in the actor's process, not in ours.
             from lilbee_workers.cluster.actor import RoleActor
 
-            groups = {"data": 1, "control": 2}  # a busy "data" call never blocks a beat
+            # A busy "data" call never blocks a beat; "streams" carries the chat streams
+            # of an actor that batches them (``parallel``), side by side.
+            groups = {"data": 1, "streams": MAX_PARALLEL, "control": 2}
             _actor_class = ray.remote(concurrency_groups=groups)(RoleActor)
         return _actor_class
 

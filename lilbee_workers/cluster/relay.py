@@ -49,30 +49,46 @@ class ActorRelay:
         self.gone = gone
         self.on_gone = on_gone
         self.note = note
+        self.side_by_side = False
+        """The actor batches streams (``parallel`` > 1): relay them side by side."""
+        self._send_lock = threading.Lock()
 
     def start(self, target: Callable[[Connection], None], conn: Connection, name: str) -> None:
         threading.Thread(target=target, args=(conn,), name=name, daemon=True).start()
 
     def data(self, relay: Connection) -> None:
         """Requests to the actor, its frames back, until the pipe closes or the actor is
-        gone. A Ray call that fails for any reason gives the actor up (``on_gone``)."""
+        gone. A Ray call that fails for any reason gives the actor up (``on_gone``).
+        With ``side_by_side`` (an actor that batches streams), each stream is relayed
+        by a thread of its own, so the frames of several streams interleave."""
         with relay:
             while not self.gone.is_set():
                 try:
                     raw = relay.recv_bytes()
                 except (EOFError, OSError):
                     return  # our end closed: the owner is done with this worker
-                try:
-                    for data in self._frames(raw):
-                        relay.send_bytes(data)
-                except (OSError, ValueError) as exc:
-                    if _ours(exc):
-                        return  # our end closed under a reply
-                    self.on_gone(connect.describe_death(exc))
+                if self.side_by_side and codec.tag_of(raw) in STREAMING:
+                    name = f"ray-stream-{codec.request_id_of(raw)}"
+                    threading.Thread(
+                        target=self._relay, args=(relay, raw), name=name, daemon=True
+                    ).start()
+                elif not self._relay(relay, raw):
                     return
-                except Exception as exc:  # the actor died (or Ray lost it) under the call
-                    self.on_gone(connect.describe_death(exc))
-                    return
+
+    def _relay(self, relay: Connection, raw: bytes) -> bool:
+        """One request's frames back on ``relay``; False once the relay must end."""
+        try:
+            for data in self._frames(raw):
+                with self._send_lock:
+                    relay.send_bytes(data)
+        except (OSError, ValueError) as exc:
+            if not _ours(exc):  # else our end closed under a reply
+                self.on_gone(connect.describe_death(exc))
+            return False
+        except Exception as exc:  # the actor died (or Ray lost it) under the call
+            self.on_gone(connect.describe_death(exc))
+            return False
+        return True
 
     def _frames(self, raw: bytes) -> Iterator[bytes]:
         """The reply frames of one request, as the actor makes them."""
@@ -80,7 +96,8 @@ class ActorRelay:
         if ray is None:
             raise ConnectionError("this process left the Ray cluster")
         if codec.tag_of(raw) in STREAMING:
-            for ref in self.actor.call.options(concurrency_group="data").remote(raw):
+            group = "streams" if self.side_by_side else "data"
+            for ref in self.actor.call.options(concurrency_group=group).remote(raw):
                 yield ray.get(ref)
         else:
             yield from ray.get(self.actor.call_once.options(concurrency_group="data").remote(raw))

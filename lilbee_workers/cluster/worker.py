@@ -105,6 +105,7 @@ class RayWorker:
             self._pid, self.node = self.ready.pid, self.ready.node
             assert self.monitor is not None
             self.monitor.pid = self._pid
+            relay.side_by_side = self.ready.slots > 1  # streams run at once in its slots
             relay.start(relay.data, data_relay, f"ray-data-{self.role}")
         except BaseException:
             self.kill("start failed")

@@ -44,7 +44,8 @@ def http(
         tmp_path_factory.mktemp("http"),
         {
             "embed": {"model": model_path, "n_ctx": 512, **TIMING},
-            "chat": {"model": model_path, "n_ctx": 512, **TIMING},
+            # One chat worker batches eight streams: every HTTP chat test runs so.
+            "chat": {"model": model_path, "n_ctx": 512, "parallel": 8, **TIMING},
             "rerank": {"model": tiny_reranker, "n_ctx": 128, **TIMING},
             "vision": {"model": model_path, "mmproj": tiny_projector, "n_ctx": 1024, **TIMING},
         },
@@ -401,6 +402,48 @@ def test_a_client_gone_mid_stream_cancels_the_generation(
     assert chat.in_flight == 0, "the generation went on after its client left"
     # A cancelled generation is answered with the tokens it had made: far fewer than 400.
     assert chat.tokens_generated - before < 100
+
+
+def test_eight_http_streams_are_served_side_by_side_by_one_worker(
+    http: HttpDaemon, model_path: str
+) -> None:
+    """Eight OpenAI clients stream at once: one worker, one copy of the model, all eight
+    generating before the first finishes; each answer starts as llama-cpp-python's own."""
+    from llama_cpp import Llama
+
+    prompts = [f"Fact number {i} about honey bees:" for i in range(8)]
+    firsts: dict[int, float] = {}
+    ended: dict[int, float] = {}
+    texts: dict[int, str] = {}
+    before = http.status("chat")
+
+    def stream(index: int) -> None:
+        client = http.openai(timeout=300)
+        pieces = []
+        for chunk in client.completions.create(
+            model="chat", prompt=prompts[index], max_tokens=48, temperature=0, stream=True
+        ):
+            firsts.setdefault(index, time.monotonic())
+            pieces.append(chunk.choices[0].text if chunk.choices else "")
+        texts[index], ended[index] = "".join(pieces), time.monotonic()
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert sorted(texts) == list(range(8))
+    assert max(firsts.values()) < min(ended.values())  # all eight generated at once
+    after = http.status("chat")
+    assert after.pid == before.pid and after.slots == 8 and after.restarts == before.restarts
+    llm = Llama(model_path=model_path, n_ctx=512, n_threads=1, verbose=False)  # as the worker
+    try:
+        for index, prompt in enumerate(prompts):
+            direct = llm.create_completion(prompt, max_tokens=48, temperature=0)
+            llm.reset()
+            assert texts[index][:3] == direct["choices"][0]["text"][:3], prompt
+    finally:
+        llm.close()
 
 
 def _open_fds(pid: int) -> int:

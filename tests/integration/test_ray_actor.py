@@ -5,6 +5,7 @@ Ray actor is tests/integration/test_ray_backend.py.)"""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import msgspec
@@ -31,8 +32,8 @@ from lilbee_workers.transport.frames import (
 TEXTS = ["bees make honey", "rust on an old iron gate", "flowers in the meadow"]
 
 
-def boot(role: str, model: str, tmp: str) -> bytes:
-    config = RoleConfig(model=model, n_ctx=512)
+def boot(role: str, model: str, tmp: str, parallel: int = 1) -> bytes:
+    config = RoleConfig(model=model, n_ctx=512, parallel=parallel)
     return codec.encode(
         WorkerBoot(
             role=role,
@@ -124,6 +125,47 @@ def test_a_stream_yields_its_chunks_then_the_result_and_a_cancel_stops_it(
         *_, last = [codec.FROM_WORKER.decode(data) for data in stream]
         assert isinstance(last, ChatResult) and last.finish_reason == "cancelled"
         assert last.completion_tokens < 100
+    finally:
+        actor.close()
+
+
+def test_an_actor_that_batches_streams_them_side_by_side_and_cancels_one_alone(
+    model_path: str, tmp_path: str
+) -> None:
+    actor = RoleActor(boot("chat", model_path, str(tmp_path), parallel=3))
+    ready = codec.FROM_WORKER.decode(actor.load())
+    assert isinstance(ready, Ready) and ready.slots == 3
+    try:
+        finals: dict[int, ChatResult] = {}
+        firsts: dict[int, float] = {}
+        ended: dict[int, float] = {}
+
+        def run(request_id: int, max_tokens: int) -> None:
+            request = CompleteRequest(
+                id=request_id, prompt="Honey is made by", max_tokens=max_tokens, temperature=0.0
+            )
+            for data in actor.call(codec.encode(request)):
+                frame = codec.FROM_WORKER.decode(data)
+                firsts.setdefault(request_id, time.monotonic())
+                if isinstance(frame, ChatResult):
+                    finals[request_id], ended[request_id] = frame, time.monotonic()
+
+        threads = [
+            threading.Thread(target=run, args=(i, n)) for i, n in ((1, 40), (2, 40), (3, 400))
+        ]
+        for thread in threads:
+            thread.start()
+        wait = time.monotonic() + 60
+        while 3 not in firsts and time.monotonic() < wait:
+            time.sleep(0.01)
+        actor.cancel(3)  # the long one stops; the two others run on untouched
+        for thread in threads:
+            thread.join(120)
+        assert finals[3].finish_reason == "cancelled"
+        for request_id in (1, 2):
+            assert finals[request_id].finish_reason == "length"
+            assert finals[request_id].completion_tokens == 40
+        assert max(firsts.values()) < min(ended[1], ended[2])  # all three ran at once
     finally:
         actor.close()
 

@@ -44,7 +44,8 @@ def ray_sup(
     ray_cluster: Any, make_config: Callable[..., SupervisorConfig], tiny_reranker: str
 ) -> Iterator[Supervisor]:
     wide = {"max_restarts": 1000}
-    roles = {"embed": wide, "chat": wide, "rerank": {"model": tiny_reranker, "n_ctx": 256}}
+    chat = {**wide, "parallel": 2}  # its actor batches two streams: every chat test runs so
+    roles = {"embed": wide, "chat": chat, "rerank": {"model": tiny_reranker, "n_ctx": 256}}
     config = make_config(roles, backend="ray", ray_address=ray_cluster.address)
     with Supervisor(config) as sup:
         yield sup
@@ -78,6 +79,31 @@ def test_answers_equal_the_local_backend_on_the_same_model(
     scores = [(i.index, i.score) for i in sup.rerank("bees", DOCS)]
     assert [i for i, _ in scores] == [i for i, _ in local_answers["rerank"]]
     assert np.allclose([s for _, s in scores], [s for _, s in local_answers["rerank"]], atol=1e-5)
+
+
+def test_two_streams_run_side_by_side_in_one_actor(ray_sup: Supervisor) -> None:
+    sup = ready(ray_sup)
+    pid = sup.worker_pid("chat")
+    first_chunk: dict[int, float] = {}
+    ended: dict[int, float] = {}
+    results: dict[int, Any] = {}
+
+    def stream(index: int) -> None:
+        chunks = sup.complete(PROMPT, max_tokens=48, temperature=0.0)
+        for _ in chunks:
+            first_chunk.setdefault(index, time.monotonic())
+        results[index], ended[index] = chunks.result, time.monotonic()
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(results) == [0, 1]
+    assert all(r.completion_tokens == 48 and r.finish_reason == "length" for r in results.values())
+    assert max(first_chunk.values()) < min(ended.values())  # both ran at once
+    status = sup.role_status("chat")
+    assert status.slots == 2 and status.pid == pid
 
 
 def test_status_shows_each_actor_node_and_pid(ray_sup: Supervisor, ray_cluster: Any) -> None:
