@@ -376,13 +376,25 @@ def main() -> None:
     print(f"{command}\n{report['date']}, {report['cores']} cores, {report['load_before']}")
     for name, line in report["servers"].items():
         print(f"  {name}: {line}")
-    for round_ in range(args.rounds):
-        for contender in contenders:
-            block(contender, round_, args)
+    try:
+        for round_ in range(args.rounds):
+            for contender in contenders:
+                block(contender, round_, args)
+                publish(report, contenders, args, final=False)
+    finally:  # cut short (Ctrl-C, SIGTERM, an error): the rounds measured so far
+        publish(report, contenders, args, final=True)
+
+
+def publish(
+    report: dict[str, Any], contenders: list[Contender], args: argparse.Namespace, final: bool
+) -> None:
+    """The report of the blocks measured so far: written to ``--json`` after every
+    block, and printed as tables at the end."""
     report["load_after"] = load_average()
     report["table"] = summary(contenders)
     report["ratios"] = ratios(report["table"], args.streams)
-    print(f"\n{markdown(report)}\n\n{command}  ({report['load_after']} at the end)")
+    if final:
+        print(f"\n{markdown(report)}\n\n{report['command']}  ({report['load_after']} at the end)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
