@@ -149,7 +149,7 @@ class CallPath:
 
     def _account(self, run: SlotRun) -> None:
         """Count the calls the slots answered since the last count."""
-        for call, answer, _ in run.take_answered():
+        for call, answer in run.take_answered():
             batch.account(self.stats, call, answer)
             self.stats.latency((time.monotonic() - call.enqueued_at) * 1000.0)
 

@@ -51,8 +51,8 @@ class SlotRun:
         self.config = config
         self.slots = slots
         self.running: dict[int, Running] = {}
-        self.answered: list[tuple[Call, Answered, float]] = []
-        """Calls answered since the last ``take_answered``, with their run time (s)."""
+        self.answered: list[tuple[Call, Answered]] = []
+        """Calls answered since the last ``take_answered``."""
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     @property
@@ -70,7 +70,7 @@ class SlotRun:
             self.worker.data.send(msgspec.structs.replace(call.request, id=attempt_id))
         except ProtocolError as exc:
             call.fail(InvalidRequest(f"request too large: {exc.message}", role=call.role))
-            self.answered.append((call, Answered(error=True), 0.0))
+            self.answered.append((call, Answered(error=True)))
             return None
         except (OSError, ValueError):
             self.running[attempt_id] = running
@@ -93,7 +93,7 @@ class SlotRun:
         self._drain_wake()
         return None
 
-    def take_answered(self) -> list[tuple[Call, Answered, float]]:
+    def take_answered(self) -> list[tuple[Call, Answered]]:
         answered, self.answered = self.answered, []
         return answered
 
@@ -158,7 +158,7 @@ class SlotRun:
                 running.call.unbind()
                 running.call.finish(frame)
                 answer = Answered(error=isinstance(frame, ErrorFrame), frame=frame)
-                self.answered.append((running.call, answer, time.monotonic() - running.started))
+                self.answered.append((running.call, answer))
             if not data.poll(0):
                 return None
 
