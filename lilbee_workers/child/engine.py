@@ -3,7 +3,8 @@
 
 One thread steps the engine (the worker's serving loop, or a Ray actor's stepping
 thread); ``submit`` and ``cancel`` may come from any thread. Each stream's frames go to
-the ``emit`` it was submitted with, under the request's own id.
+the ``emit`` it was submitted with, under the request's own id; ``emit`` deals with a
+frame over the cap (the worker's ``Server.reply``, the Ray actor's encoder).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class BatchEngine:
             index = len(out.pieces)
             out.pieces.append(event.text)
             chunk = ChatChunk(event.stream_id, index, event.text, event.completion_tokens)
-            self._send(out, chunk)
+            out.emit(chunk)
         if event.finish_reason is None:
             return
         with self._lock:
@@ -157,16 +158,7 @@ class BatchEngine:
             completion_tokens=event.completion_tokens,
             chunks=len(out.pieces),
         )
-        self._send(out, result)
-
-    def _send(self, out: _Out, frame: Frame) -> None:
-        from lilbee_workers.errors import InvalidRequest, ProtocolError
-
-        try:
-            out.emit(frame)
-        except ProtocolError as exc:  # a reply over the frame cap
-            error = InvalidRequest(f"reply too large: {exc.message}", role=self.handler.role)
-            out.emit(to_frame(error, frame.id))  # type: ignore[attr-defined]
+        out.emit(result)
 
     def _fail_all(self, exc: ModelError) -> None:
         log.error("batched step failed; failing its %d streams: %s", len(self._outs), exc)

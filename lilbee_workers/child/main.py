@@ -202,14 +202,10 @@ class Server:
             return
         while True:
             try:
-                raw = self.data.recv_raw()
+                request = self.decode(self.data.recv_raw())
             except (EOFError, OSError):
                 return
-            try:
-                request = self.data.receives.decode(raw, self.data.max_frame_bytes)
-            except ProtocolError as exc:
-                exc.role = self.handler.role
-                self.data.send(to_frame(exc, codec.request_id_of(raw)))
+            if request is None:
                 continue
             self.state.begin(request.id)
             try:
@@ -228,7 +224,9 @@ class Server:
                 while not engine.busy or self.data.poll(0):
                     if not engine.busy:
                         rotate_log(self.boot.log_path, self.boot.log_max_bytes)
-                    self.take(self.data.recv_raw(), engine)
+                    request = self.decode(self.data.recv_raw())
+                    if request is not None:
+                        self.take(request, engine)
             except (EOFError, OSError):
                 return
             engine.step()
@@ -236,22 +234,26 @@ class Server:
             if steps % ROTATE_EVERY_STEPS == 0:  # a worker never idle still rotates
                 rotate_log(self.boot.log_path, self.boot.log_max_bytes)
 
-    def take(self, raw: bytes, engine: BatchEngine) -> None:
-        """One request read while streams run: a chat stream joins the batch; any other
-        request runs now, between two steps."""
+    def decode(self, raw: bytes) -> Request | None:
+        """The request in ``raw``; None once an undecodable one has been answered."""
         try:
-            request = self.data.receives.decode(raw, self.data.max_frame_bytes)
+            return self.data.receives.decode(raw, self.data.max_frame_bytes)
         except ProtocolError as exc:
             exc.role = self.handler.role
             self.data.send(to_frame(exc, codec.request_id_of(raw)))
-            return
+            return None
+
+    def take(self, request: Request, engine: BatchEngine) -> None:
+        """One request read while streams run: a chat stream joins the batch; any other
+        request runs now, between two steps."""
         if isinstance(request, (ChatRequest, CompleteRequest)):
-            engine.submit(request, self.data.send)
+            request_id = request.id
+            engine.submit(request, lambda frame: self.reply(request_id, frame))
             return
         self.reply(request.id, self.run(request))
 
     def reply(self, request_id: int, frame: Frame) -> None:
-        """Send a final frame; one over the frame cap becomes an error naming it."""
+        """Send a frame of ``request_id``; one over the frame cap becomes an error naming it."""
         try:
             self.data.send(frame)
         except ProtocolError as exc:

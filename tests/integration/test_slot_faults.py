@@ -18,7 +18,14 @@ import pytest
 from tiny_llama import write_tiny_llama
 
 from conftest import pid_alive, wait_until
-from lilbee_workers import ModelError, Supervisor, SupervisorConfig, WorkerCrashed, testing
+from lilbee_workers import (
+    InvalidRequest,
+    ModelError,
+    Supervisor,
+    SupervisorConfig,
+    WorkerCrashed,
+    testing,
+)
 from lilbee_workers.transport.frames import DebugRequest
 
 PROMPTS = ["Honey is made by", "The capital of France is", "Once upon a time"]
@@ -189,3 +196,21 @@ def test_a_request_its_chat_template_refuses_fails_alone_beside_a_stream(
         assert stream.error is None and stream.answer
         status = sup.role_status("chat")
         assert status.pid == pid and status.restarts == 0 and status.quarantined == 0
+
+
+def test_a_reply_over_the_frame_cap_fails_alone_beside_a_stream(
+    make_config: Callable[..., SupervisorConfig], llm: Any
+) -> None:
+    """A stream whose whole text outgrows ``max_frame_bytes`` ends with an error naming
+    it; the worker lives and the short stream beside it gets llama-cpp-python's answer."""
+    chat = {"parallel": 2, "n_threads": 2, "n_ctx": N_CTX}
+    with Supervisor(make_config({"chat": chat}, max_frame_bytes=1024)) as sup:
+        pid = sup.worker_pid("chat")
+        big = complete(sup, PROMPTS[0], 400)  # its result carries ~1.5 KiB of text
+        short = complete(sup, PROMPTS[1], 12)
+        big.join(120)
+        short.join(120)
+        assert isinstance(big.error, InvalidRequest), big.error
+        assert "reply too large" in big.error.message and big.chunks > 0
+        assert short.error is None and short.answer == solo(llm, PROMPTS[1], 12)
+        assert sup.role_status("chat").pid == pid
