@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -99,6 +100,44 @@ def direct_embeddings(model_path: str, texts: list[str]) -> Any:
         return np.asarray(llm.embed(texts, normalize=True), dtype=np.float32)
     finally:
         llm.close()
+
+
+GREEDY_PROMPTS = [
+    "Honey is made by",
+    "Q: What colour is the sky?\nA:",
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The best way to learn",
+]
+"""Raw prompts whose greedy completions the batching tests compare with solo ones."""
+
+
+@contextlib.contextmanager
+def direct_llama(model_path: str, n_ctx: int, threads: int = 2) -> Iterator[Any]:
+    """llama-cpp-python's own ``Llama`` in this process: the reference for generation."""
+    from llama_cpp import Llama
+
+    model = Llama(
+        model_path=model_path,
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+def solo_completion(llm: Any, prompt: str, **options: Any) -> dict[str, Any]:
+    """The reference answer: llama-cpp-python's own completion (greedy unless
+    ``options`` say otherwise) on a reset state: text, finish reason, token counts."""
+    llm.reset()
+    out = llm.create_completion(prompt, **{"temperature": 0, **options})
+    choice = out["choices"][0]
+    return {"text": choice["text"], "finish_reason": choice["finish_reason"], **out["usage"]}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:

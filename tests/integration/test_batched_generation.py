@@ -13,29 +13,20 @@ from typing import Any
 
 import pytest
 
+from conftest import GREEDY_PROMPTS, direct_llama, solo_completion
 from lilbee_workers.errors import InvalidRequest
 from lilbee_workers.roles.batch_stream import Sampling, StreamEvent
 from lilbee_workers.roles.batching import BatchedGenerator
 
-PROMPTS = [
-    "Honey is made by",
-    "Q: What colour is the sky?\nA:",
-    "The capital of France is",
-    "Once upon a time",
-    "def fibonacci(n):",
-    "The best way to learn",
-]
+PROMPTS = GREEDY_PROMPTS
 K = 20
 Result = tuple[str, str, int, int]  # text, finish reason, prompt tokens, completion tokens
 
 
 @pytest.fixture(scope="module")
 def llm(model_path: str) -> Iterator[Any]:
-    from llama_cpp import Llama
-
-    model = Llama(model_path=model_path, n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False)
-    yield model
-    model.close()
+    with direct_llama(model_path, n_ctx=256) as model:
+        yield model
 
 
 @pytest.fixture
@@ -45,10 +36,9 @@ def gen(llm: Any) -> Iterator[BatchedGenerator]:
 
 
 def solo(llm: Any, prompt: str, **options: Any) -> tuple[str, str]:
-    """The reference: llama-cpp-python's own completion on a reset state."""
-    llm.reset()
-    choice = llm.create_completion(prompt, **{"temperature": 0, "max_tokens": K, **options})
-    return choice["choices"][0]["text"], choice["choices"][0]["finish_reason"]
+    """The reference's text and finish reason (``K`` tokens unless ``options`` say)."""
+    answer = solo_completion(llm, prompt, **{"max_tokens": K, **options})
+    return answer["text"], answer["finish_reason"]
 
 
 def tokens(llm: Any, prompt: str) -> list[int]:

@@ -20,7 +20,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FAST, pid_alive
+from conftest import FAST, direct_llama, pid_alive, solo_completion
 from http_helpers import JSON, HttpDaemon, start_http_daemon
 from lilbee_workers import Client
 from tiny_models import png_bytes
@@ -409,8 +409,6 @@ def test_eight_http_streams_are_served_side_by_side_by_one_worker(
 ) -> None:
     """Eight OpenAI clients stream at once: one worker, one copy of the model, all eight
     generating before the first finishes; each answer starts as llama-cpp-python's own."""
-    from llama_cpp import Llama
-
     prompts = [f"Fact number {i} about honey bees:" for i in range(8)]
     firsts: dict[int, float] = {}
     ended: dict[int, float] = {}
@@ -436,14 +434,10 @@ def test_eight_http_streams_are_served_side_by_side_by_one_worker(
     assert max(firsts.values()) < min(ended.values())  # all eight generated at once
     after = http.status("chat")
     assert after.pid == before.pid and after.slots == 8 and after.restarts == before.restarts
-    llm = Llama(model_path=model_path, n_ctx=512, n_threads=1, verbose=False)  # as the worker
-    try:
+    with direct_llama(model_path, n_ctx=512, threads=1) as llm:  # threads as the worker's
         for index, prompt in enumerate(prompts):
-            direct = llm.create_completion(prompt, max_tokens=48, temperature=0)
-            llm.reset()
-            assert texts[index][:3] == direct["choices"][0]["text"][:3], prompt
-    finally:
-        llm.close()
+            direct = solo_completion(llm, prompt, max_tokens=48)
+            assert texts[index][:3] == direct["text"][:3], prompt
 
 
 def _open_fds(pid: int) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from tiny_llama import write_tiny_llama
 
-from conftest import pid_alive, wait_until
+from conftest import direct_llama, pid_alive, solo_completion, wait_until
 from lilbee_workers import (
     InvalidRequest,
     ModelError,
@@ -34,17 +34,12 @@ N_CTX = 512
 
 @pytest.fixture(scope="module")
 def llm(model_path: str) -> Iterator[Any]:
-    from llama_cpp import Llama
-
-    model = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=2, n_threads_batch=2, verbose=False)
-    yield model
-    model.close()
+    with direct_llama(model_path, n_ctx=N_CTX) as model:
+        yield model
 
 
 def solo(llm: Any, prompt: str, max_tokens: int) -> str:
-    llm.reset()
-    out = llm.create_completion(prompt, temperature=0, max_tokens=max_tokens)
-    return str(out["choices"][0]["text"])
+    return str(solo_completion(llm, prompt, max_tokens=max_tokens)["text"])
 
 
 def batched(

@@ -15,36 +15,23 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_until
+from conftest import GREEDY_PROMPTS, direct_llama, solo_completion, wait_until
 from lilbee_workers import Supervisor, SupervisorConfig, memory, testing
 from lilbee_workers.errors import Cancelled
 from lilbee_workers.transport.frames import DebugRequest
 
-PROMPTS = [
-    "Honey is made by",
-    "Q: What colour is the sky?\nA:",
-    "The capital of France is",
-    "Once upon a time",
-    "def fibonacci(n):",
-    "The best way to learn",
-]
+PROMPTS = GREEDY_PROMPTS
 N_CTX = 256
 
 
 @pytest.fixture(scope="module")
 def llm(model_path: str) -> Iterator[Any]:
-    from llama_cpp import Llama
-
-    model = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=2, n_threads_batch=2, verbose=False)
-    yield model
-    model.close()
+    with direct_llama(model_path, n_ctx=N_CTX) as model:
+        yield model
 
 
 def solo(llm: Any, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """The reference: llama-cpp-python's own greedy completion on a fresh state."""
-    llm.reset()
-    out = llm.create_completion(prompt, temperature=0, max_tokens=max_tokens)
-    return {"text": out["choices"][0]["text"], **out["usage"]}
+    return solo_completion(llm, prompt, max_tokens=max_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +179,10 @@ def test_a_chat_stream_is_prompted_as_llama_cpp_pythons_chat_completion(
 ) -> None:
     """The chat template runs as in a solo call: the same prompt tokens, the template's
     stop string honoured, and (one stream alone) the same answer."""
-    from llama_cpp import Llama
-
     messages = [{"role": "user", "content": "Name three colours."}]
-    llm = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=2, verbose=False)
-    try:
+    with direct_llama(model_path, n_ctx=N_CTX) as llm:
         llm.chat_format = "gemma"  # what the worker falls back to for gemma (status says)
         direct = llm.create_chat_completion(messages=messages, max_tokens=24, temperature=0)
-    finally:
-        llm.close()
     assert batched_sup.role_status("chat").chat_template == "fallback:gemma"
     result = batched_sup.chat(messages, max_tokens=24, temperature=0).collect()
     assert result.prompt_tokens == direct["usage"]["prompt_tokens"]
