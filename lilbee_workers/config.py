@@ -178,6 +178,11 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
                 found.append(f"{where}.mmproj must name the multimodal projector GGUF")
         return found
 
+    def batch_step_tokens(self) -> int:
+        """Tokens one step of a batching chat worker decodes at most (one llama.cpp
+        ubatch; more than ``parallel`` so every running stream gets its token)."""
+        return max(min(self.n_batch, self.n_ubatch), self.parallel + 1)
+
     def resolved_model(self) -> str:
         """The model path, with ``default`` resolved to the bundled small model."""
         if self.model == "default":

@@ -64,11 +64,11 @@ def batched_cells(streams: int, stream_ctx: int, step_tokens: int = STEP_TOKENS)
 def worker_cells(config: RoleConfig) -> int:
     """A worker's KV cells: its ``Llama`` context of ``n_ctx``, and with ``parallel`` > 1
     the batched context beside it (same model, one copy of the weights), whose step holds
-    ``min(n_batch, n_ubatch)`` tokens as the chat worker's engine (child/engine.py) sets it."""
+    ``config.batch_step_tokens()``, the rule the chat worker's engine uses too."""
     cells = context_cells(config.n_ctx)
     if config.parallel == 1:
         return cells
-    step = max(min(config.n_batch, config.n_ubatch), config.parallel + 1)
+    step = config.batch_step_tokens()
     return cells + batched_cells(config.parallel, config.n_ctx, step)
 
 

@@ -58,12 +58,11 @@ class BatchEngine:
         import llama_cpp
 
         config = self.handler.config
-        step_tokens = max(min(config.n_batch, config.n_ubatch), self.parallel + 1)
         generator = BatchedGenerator.from_llama(
             self.handler.llm,
             streams=self.parallel,
             stream_ctx=config.n_ctx,
-            step_tokens=step_tokens,
+            step_tokens=config.batch_step_tokens(),
         )
         state = self.state
 
