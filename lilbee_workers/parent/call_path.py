@@ -56,6 +56,11 @@ class CallPath:
     def _respawn(self, model: str | None = None) -> Respawn:
         raise NotImplementedError
 
+    def _batching(self) -> bool:
+        """Whether the worker runs several calls at once (its slots)."""
+        worker = self.life.worker
+        return worker is not None and worker.ready is not None and worker.ready.slots > 1
+
     def _serve(self, call: Attempted) -> None:
         """Run a call that holds the role, then release the role. A call's latency
         runs from when it was queued to its answer: what its caller waited."""
@@ -83,11 +88,10 @@ class CallPath:
         replica, or a merged batch's parts each to the head of this role's line)."""
         worker = self.life.worker
         assert worker is not None
-        batching = worker.ready is not None and worker.ready.slots > 1
         # Slots are the dispatcher thread's: a caller's thread that holds the role (it
         # found a one-call role, or none loaded) runs its own call only. A retry runs alone.
         on_dispatcher = threading.current_thread() is self._thread
-        if batching and on_dispatcher and isinstance(call, Call) and not call.retried:
+        if self._batching() and on_dispatcher and isinstance(call, Call) and not call.retried:
             return self._run_slots(call, worker)
         while True:
             life = self.life

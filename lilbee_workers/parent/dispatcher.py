@@ -259,11 +259,6 @@ class RoleDispatcher(CallPath):
 
     # ------------------------------------------------------------------ workers
 
-    def _batching(self) -> bool:
-        """Whether the worker runs several calls at once (its slots)."""
-        worker = self.worker
-        return worker is not None and worker.ready is not None and worker.ready.slots > 1
-
     def _needs_no_switch(self, call: Call) -> bool:
         """Whether the loaded worker serves the model ``call`` wants."""
         life = self.life
