@@ -51,7 +51,9 @@ class RequestState:
                 self.cancel.set()
             else:
                 self.cancel.clear()
-            self._early = {early for early in self._early if early > request_id}
+            self._early.discard(request_id)
+            if not self.batched:  # ids begin in order: older cancels can no longer apply
+                self._early = {early for early in self._early if early > request_id}
 
     def end(self) -> None:
         with self._lock:
